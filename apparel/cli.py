@@ -1,0 +1,157 @@
+"""`apparel`: the project's command line (used by the Makefile, the DAGs' operators and people)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from apparel.config import EMBEDDED_DATABASE, load_settings
+
+# Wide enough for the tables when output goes to a file or CI log rather than a terminal.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _server(settings):
+    from apparel.embedded_pg import EmbeddedServer
+
+    return EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.action == "url":
+        print(settings.warehouse_url)
+        return 0
+    if not settings.embedded:
+        # An existing server was configured: we start and stop nothing, but make sure the database answers.
+        if args.action == "start":
+            from apparel.embedded_pg import wait_until_ready
+
+            wait_until_ready(settings.warehouse_url, timeout=10)
+            console.print("using the configured warehouse (WAREHOUSE_URL); nothing started")
+        else:
+            console.print("WAREHOUSE_URL is set: the warehouse is not managed by this project")
+        return 0
+    server = _server(settings)
+    if args.action == "start":
+        server.start(databases=(EMBEDDED_DATABASE,))
+        console.print(f"warehouse running: {settings.warehouse_url}  (data in {server.data_dir})")
+    elif args.action == "stop":
+        server.stop()
+        console.print("warehouse stopped")
+    elif args.action == "status":
+        running = server.is_running()
+        console.print(
+            f"embedded warehouse {'running on ' + settings.warehouse_url if running else 'stopped'}"
+        )
+        return 0 if running else 3
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from apparel.generate import generate
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"generating scale {args.scale}", total=None)
+
+        def report(file_name: str, rows: int) -> None:
+            progress.update(task, description=f"{file_name}: {rows:,} rows")
+
+        counts = generate(Path(args.out), scale=args.scale, seed=args.seed, progress=report)
+    for name, rows in counts.items():
+        console.print(f"  {name:<26} {rows:>12,} rows")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """Load sources without Airflow (the DAG calls the same function)."""
+    from apparel.loader import LoadFailed, check_foreign_keys, load_source
+    from apparel.sources import SOURCES, get_source
+
+    settings = load_settings()
+    dataset_dir = Path(args.dataset_dir) if args.dataset_dir else settings.dataset_dir
+    sources = [get_source(n) for n in args.sources] if args.sources else list(SOURCES)
+    failed = 0
+    for source in sources:
+        try:
+            result = load_source(settings.warehouse_url, source, dataset_dir, force=args.force)
+            console.print(f"{source.file}: {result.status} {result.rows:,} rows in {result.seconds:.2f}s")
+        except LoadFailed as e:
+            failed += 1
+            console.print(f"[red]{e}[/red]")
+    for orphans in check_foreign_keys(settings.warehouse_url):
+        console.print(f"[yellow]warning: {orphans}[/yellow]")
+    return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The raw tables with their rows, size and last load."""
+    from apparel.report import raw_tables
+
+    settings = load_settings()
+    table = Table(title=f"raw tables in {settings.warehouse_url}")
+    for column, justify in [
+        ("table", "left"),
+        ("rows", "right"),
+        ("bytes", "right"),
+        ("last load", "left"),
+        ("seconds", "right"),
+        ("status", "left"),
+    ]:
+        table.add_column(column, justify=justify)
+    for row in raw_tables(settings.warehouse_url):
+        table.add_row(
+            row.table, f"{row.rows:,}", f"{row.bytes:,}", row.loaded_at, f"{row.seconds:.2f}", row.status
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_dags_test(args: argparse.Namespace) -> int:
+    from apparel.dag_test import dags_test
+
+    return dags_test(args.dag_id, args.conf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="apparel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("db", help="the embedded warehouse server")
+    p.add_argument("action", choices=["start", "stop", "status", "url"])
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("generate", help="write the seven extracts with the deterministic generator")
+    p.add_argument("--scale", type=int, default=1, help="1 = the real size (~7,000 orders)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default="dataset")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("load", help="load extracts into raw.* without Airflow")
+    p.add_argument("sources", nargs="*", help="source names (default: all)")
+    p.add_argument("--force", action="store_true", help="load even when the file is unchanged")
+    p.add_argument("--dataset-dir", help="default: DATASET_DIR")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("report", help="print the raw tables with rows, bytes and load seconds")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dags-test", help="run a DAG with `airflow dags test`, printing its progress")
+    p.add_argument("dag_id")
+    p.add_argument("--conf", help="JSON of DAG params, e.g. '{\"force\": true}'")
+    p.set_defaults(func=cmd_dags_test)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

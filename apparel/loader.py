@@ -1,0 +1,407 @@
+"""Load one extract into its raw table with COPY, and swap it in atomically.
+
+A load runs in one transaction: create `raw._loading_<table>`, COPY the
+extract into it, check it (rows, primary key), then drop the old table and
+rename the new one into its place. Readers see the old table or the complete
+new one; a failure rolls everything back, so the previous contents stay.
+Every attempt leaves a row in `raw._load_log`, failures included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from apparel.readers import Extract, SourceError, open_extract
+from apparel.sources import LOAD_LOG_TABLE, RAW_SCHEMA, SOURCES, Format, Source
+
+log = logging.getLogger(__name__)
+
+STAGING_PREFIX = "_loading_"
+
+LOAD_LOG_DDL = f"""
+create schema if not exists {RAW_SCHEMA};
+create table if not exists {RAW_SCHEMA}.{LOAD_LOG_TABLE} (
+    load_id     bigint generated always as identity primary key,
+    batch_id    uuid not null,
+    source      text not null,
+    file        text not null,
+    checksum    text,
+    rows        bigint,
+    bytes       bigint,
+    seconds     numeric(10, 3),
+    status      text not null check (status in ('loaded', 'skipped', 'failed')),
+    error       text,
+    warnings    text,
+    run_id      text,
+    started_at  timestamptz not null,
+    finished_at timestamptz not null default now()
+);
+"""
+
+# Views that read a raw table (dbt's staging views, a user's own) would block the drop of the
+# old table; we recreate them on the new one in the same transaction, deepest last.
+DEPENDENT_VIEWS_SQL = """
+with recursive deps(oid, depth) as (
+    select r.ev_class, 1
+    from pg_depend d join pg_rewrite r on r.oid = d.objid
+    where d.refobjid = %(table)s::regclass and r.ev_class <> %(table)s::regclass
+    union
+    select r.ev_class, deps.depth + 1
+    from deps join pg_depend d on d.refobjid = deps.oid join pg_rewrite r on r.oid = d.objid
+    where r.ev_class <> deps.oid and deps.depth < 20
+)
+select format('create %%s %%I.%%I as %%s',
+              case c.relkind when 'm' then 'materialized view' else 'view' end,
+              n.nspname, c.relname, pg_get_viewdef(c.oid))
+from (select oid, max(depth) as depth from deps group by oid) d
+join pg_class c on c.oid = d.oid join pg_namespace n on n.oid = c.relnamespace
+order by d.depth
+"""
+
+
+@dataclass
+class LoadResult:
+    source: str
+    file: str
+    status: str  # loaded | skipped | failed
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    checksum: str = ""
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def file_checksum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_raw_schema(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute(LOAD_LOG_DDL)
+
+
+def load_source(
+    url: str,
+    source: Source,
+    dataset_dir: Path,
+    *,
+    force: bool = False,
+    run_id: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> LoadResult:
+    """Load `source` from `dataset_dir` into `raw.<table>`. Raises SourceError on bad input."""
+    path = dataset_dir / source.file
+    batch_id = uuid.uuid4()
+    started = time.monotonic()
+    with psycopg.connect(url) as conn:
+        ensure_raw_schema(conn)
+        started_at = conn.execute("select now()").fetchone()[0]
+        conn.commit()
+        result = LoadResult(source.name, source.file, "failed")
+        try:
+            result.checksum = file_checksum(path) if path.exists() else ""
+            if not force and _unchanged(conn, source, result.checksum):
+                result.status = "skipped"
+                log.info(
+                    "%s: unchanged since its last load (sha256 %s), skipped",
+                    source.file,
+                    result.checksum[:12],
+                )
+            else:
+                extract = open_extract(source, path)
+                result.warnings = _check_columns(source, extract)
+                result.rows = _copy_and_swap(conn, source, extract, batch_id, on_progress)
+                result.bytes = _table_bytes(conn, source)
+                result.status = "loaded"
+        except SourceError as e:
+            conn.rollback()
+            result.error = str(e)
+        except psycopg.Error as e:
+            conn.rollback()
+            result.error = str(e).strip()
+        result.seconds = time.monotonic() - started
+        _write_log(conn, result, batch_id, run_id, started_at)
+        conn.commit()
+    if result.status == "failed":
+        raise LoadFailed(result)
+    return result
+
+
+class LoadFailed(Exception):
+    """A load that failed; its message is the one error a person needs to read."""
+
+    def __init__(self, result: LoadResult):
+        self.result = result
+        super().__init__(result.error)
+
+
+def _unchanged(conn: psycopg.Connection, source: Source, checksum: str) -> bool:
+    row = conn.execute(
+        sql.SQL(
+            "select 1 from {log} where source = %s and status = 'loaded' and checksum = %s"
+            " and load_id = (select max(load_id) from {log} where source = %s and status = 'loaded')"
+            " and to_regclass(%s) is not null"
+        ).format(log=sql.Identifier(RAW_SCHEMA, LOAD_LOG_TABLE)),
+        (source.name, checksum, source.name, source.qualified_table),
+    ).fetchone()
+    return row is not None
+
+
+def _check_columns(source: Source, extract: Extract) -> list[str]:
+    """Missing registry columns fail the load; unknown extra columns are ignored with a warning.
+
+    Ignoring extras keeps the raw tables' contract stable when an upstream export adds a column;
+    the warning (task log and `_load_log.warnings`) tells the team to extend the registry.
+    """
+    found = extract.file_columns
+    duplicated = sorted({c for c in found if found.count(c) > 1})
+    if duplicated:
+        raise SourceError(
+            source.file, f"column(s) appear more than once in the header: {', '.join(duplicated)}"
+        )
+    missing = [c for c in source.column_names if c not in found]
+    extras = [c for c in found if c not in source.column_names]
+    if missing:
+        hint = f"; unexpected column(s): {', '.join(extras)}" if extras else ""
+        raise SourceError(
+            source.file, f"missing column(s): {', '.join(missing)} (found: {', '.join(found)}){hint}"
+        )
+    if extras:
+        message = f"ignored unknown column(s) not in the registry: {', '.join(extras)}"
+        log.warning("%s: %s", source.file, message)
+        return [message]
+    return []
+
+
+def _copy_and_swap(
+    conn: psycopg.Connection,
+    source: Source,
+    extract: Extract,
+    batch_id: uuid.UUID,
+    on_progress: Callable[[int], None] | None,
+) -> int:
+    table = sql.Identifier(RAW_SCHEMA, source.table)
+    staging_name = STAGING_PREFIX + source.table
+    staging = sql.Identifier(RAW_SCHEMA, staging_name)
+    # Extra CSV columns must still be read by COPY; they land in throw-away columns dropped before the swap.
+    copy_columns = [c if c in source.column_names else f"_extra_{i}" for i, c in enumerate(extract.columns)]
+    extra_columns = [c for c in copy_columns if c not in source.column_names]
+
+    with conn.transaction():
+        conn.execute(sql.SQL("drop table if exists {}").format(staging))
+        conn.execute(_create_table_sql(source, staging, extra_columns, batch_id))
+        copy_sql = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
+            staging, sql.SQL(", ").join(map(sql.Identifier, copy_columns))
+        )
+        sent = 0
+        try:
+            with conn.cursor().copy(copy_sql) as copy:
+                for chunk in extract.chunks:
+                    copy.write(chunk)
+                    sent += len(chunk)
+                    if on_progress:
+                        on_progress(sent)
+        except psycopg.errors.DataError as e:
+            raise _copy_error(source, extract, e) from None
+        except psycopg.errors.IntegrityError as e:  # NOT NULL on the key
+            raise _copy_error(source, extract, e) from None
+        rows = conn.execute(sql.SQL("select count(*) from {}").format(staging)).fetchone()[0]
+        if rows == 0:
+            raise SourceError(source.file, "no data rows (the file has a header only)")
+        for column in extra_columns:
+            conn.execute(sql.SQL("alter table {} drop column {}").format(staging, sql.Identifier(column)))
+        _add_primary_key(conn, source, staging)
+        conn.execute(sql.SQL("alter table {} alter column _source_row drop identity").format(staging))
+        views = (
+            [r[0] for r in conn.execute(DEPENDENT_VIEWS_SQL, {"table": source.qualified_table}).fetchall()]
+            if _exists(conn, source.qualified_table)
+            else []
+        )
+        conn.execute(sql.SQL("drop table if exists {} cascade").format(table))
+        conn.execute(sql.SQL("alter table {} rename to {}").format(staging, sql.Identifier(source.table)))
+        conn.execute(
+            sql.SQL("alter table {} rename constraint {} to {}").format(
+                table, sql.Identifier(f"{staging_name}_pkey"), sql.Identifier(f"{source.table}_pkey")
+            )
+        )
+        for view in views:
+            conn.execute(view)
+        conn.execute(
+            sql.SQL("comment on table {} is {}").format(
+                table, sql.Literal(f"{source.description} Loaded from {source.file}.")
+            )
+        )
+    conn.execute(sql.SQL("analyze {}").format(table))
+    return rows
+
+
+def _create_table_sql(
+    source: Source, staging: sql.Identifier, extra_columns: list[str], batch_id: uuid.UUID
+) -> sql.Composed:
+    columns = [
+        sql.SQL("{} {}{}").format(
+            sql.Identifier(c.name),
+            sql.SQL(c.pg_type),
+            sql.SQL(" not null" if c.name == source.primary_key else ""),
+        )
+        for c in source.columns
+    ]
+    columns += [sql.SQL("{} text").format(sql.Identifier(c)) for c in extra_columns]
+    columns += [
+        sql.SQL("_loaded_at timestamptz not null default now()"),
+        sql.SQL("_source_file text not null default {}").format(sql.Literal(source.file)),
+        sql.SQL("_batch_id uuid not null default {}").format(sql.Literal(str(batch_id))),
+        # COPY inserts in file order, so an identity gives each row its number in the file.
+        sql.SQL("_source_row bigint not null generated always as identity"),
+    ]
+    return sql.SQL("create table {} ({})").format(staging, sql.SQL(", ").join(columns))
+
+
+def _add_primary_key(conn: psycopg.Connection, source: Source, staging: sql.Identifier) -> None:
+    """Add the key after the COPY (a bulk index build is faster); name the first duplicate if it fails."""
+    key = sql.Identifier(source.primary_key)
+    duplicate = conn.execute(
+        sql.SQL(
+            "select {key}::text, array_agg(_source_row order by _source_row) from {t}"
+            " group by {key} having count(*) > 1 order by min(_source_row) limit 1"
+        ).format(key=key, t=staging)
+    ).fetchone()
+    if duplicate:
+        value, rows = duplicate
+        raise SourceError(
+            source.file,
+            f"duplicate primary key {source.primary_key}={value}, also at {_label_rows(source, rows[1:])}",
+            row=_label_rows(source, rows[:1]),
+            column=source.primary_key,
+        )
+    conn.execute(
+        sql.SQL("alter table {} add constraint {} primary key ({})").format(
+            staging, sql.Identifier(f"{STAGING_PREFIX}{source.table}_pkey"), key
+        )
+    )
+
+
+def _label_rows(source: Source, rows: list[int]) -> str:
+    # Same labels as the readers use, without reopening the file.
+    if source.format == Format.CSV:
+        return ", ".join(f"line {r + 1}" for r in rows[:5])
+    if source.format == Format.EXCEL:
+        return ", ".join(f"row {r + 1}" for r in rows[:5])
+    if source.format == Format.JSON:
+        return ", ".join(f'row key "{r - 1}"' for r in rows[:5])
+    return ", ".join(f"row {r}" for r in rows[:5])
+
+
+def _copy_error(source: Source, extract: Extract, error: psycopg.Error) -> SourceError:
+    """Turn PostgreSQL's 'COPY t, line N, column c: "v"' context into the file's own row and column."""
+    context = error.diag.context or ""
+    message = error.diag.message_primary or str(error)
+    row = column = None
+    match = re.search(r"COPY \S+, line (\d+)(?:, column (\w+))?", context)
+    if match:
+        row = extract.row_label(int(match.group(1)))
+        column = match.group(2)
+    if column is None and error.diag.column_name:
+        column = error.diag.column_name
+    if column and column.startswith("_extra_"):
+        column = extract.columns[int(column.removeprefix("_extra_"))]
+    return SourceError(source.file, message, row=row, column=column)
+
+
+def _exists(conn: psycopg.Connection, qualified: str) -> bool:
+    return conn.execute("select to_regclass(%s) is not null", (qualified,)).fetchone()[0]
+
+
+def _table_bytes(conn: psycopg.Connection, source: Source) -> int:
+    return conn.execute("select pg_total_relation_size(%s::regclass)", (source.qualified_table,)).fetchone()[
+        0
+    ]
+
+
+def _write_log(
+    conn: psycopg.Connection, result: LoadResult, batch_id: uuid.UUID, run_id: str | None, started_at
+) -> None:
+    conn.execute(
+        sql.SQL(
+            "insert into {} (batch_id, source, file, checksum, rows, bytes, seconds, status, error, warnings,"
+            " run_id, started_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        ).format(sql.Identifier(RAW_SCHEMA, LOAD_LOG_TABLE)),
+        (
+            batch_id,
+            result.source,
+            result.file,
+            result.checksum or None,
+            result.rows,
+            result.bytes,
+            round(result.seconds, 3),
+            result.status,
+            result.error,
+            "; ".join(result.warnings) or None,
+            run_id,
+            started_at,
+        ),
+    )
+
+
+@dataclass
+class Orphans:
+    source: str
+    column: str
+    parent: str
+    count: int
+    examples: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.count} row(s) of raw.{self.source} have a {self.column} not in raw.{self.parent}"
+            f" (e.g. {', '.join(self.examples)})"
+        )
+
+
+def check_foreign_keys(url: str, sources: tuple[Source, ...] = SOURCES) -> list[Orphans]:
+    """Report rows whose foreign key has no parent; they are kept, not dropped, and noted in the load log."""
+    found: list[Orphans] = []
+    with psycopg.connect(url) as conn:
+        for source in sources:
+            for fk in source.foreign_keys:
+                parent = next(s for s in SOURCES if s.name == fk.ref_table)
+                if not (_exists(conn, source.qualified_table) and _exists(conn, parent.qualified_table)):
+                    continue
+                count, examples = conn.execute(
+                    sql.SQL(
+                        "select count(*), (array_agg(distinct c.{col}::text))[1:5] from {child} c"
+                        " where c.{col} is not null and not exists"
+                        " (select 1 from {parent} p where p.{ref} = c.{col})"
+                    ).format(
+                        col=sql.Identifier(fk.column),
+                        child=sql.Identifier(RAW_SCHEMA, source.table),
+                        parent=sql.Identifier(RAW_SCHEMA, parent.table),
+                        ref=sql.Identifier(fk.ref_column),
+                    )
+                ).fetchone()
+                if count:
+                    found.append(Orphans(source.name, fk.column, parent.name, count, examples))
+        for orphans in found:
+            conn.execute(
+                sql.SQL(
+                    "update {log} set warnings = concat_ws('; ', warnings, %s) where load_id ="
+                    " (select max(load_id) from {log} where source = %s and status = 'loaded')"
+                ).format(log=sql.Identifier(RAW_SCHEMA, LOAD_LOG_TABLE)),
+                (f"orphans: {orphans}", orphans.source),
+            )
+    return found

@@ -1,0 +1,204 @@
+"""Readers: turn each extract format into one stream of CSV text for PostgreSQL's COPY.
+
+Every format ends as the same thing, headerless CSV in the file's own column
+order, so the loader has one path and PostgreSQL does the type checking. When
+PostgreSQL rejects a value it names the COPY line; `Extract.row_label` turns
+that line back into a place in the original file (a CSV line, a sheet row,
+a Parquet row, a JSON row key) for the error message.
+
+CSV files are not parsed in Python at all: their bytes go to COPY as they are,
+which is what makes the CSV path run close to `psql \\copy`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from apparel.sources import Format, Source
+
+CHUNK_BYTES = 1 << 20  # CSV bytes per COPY write
+ROWS_PER_CHUNK = 50_000  # rows per converted chunk for the other formats
+
+
+class SourceError(Exception):
+    """Bad input: one message that names the file, and the row and column where there is one."""
+
+    def __init__(self, file: str, message: str, *, row: str | None = None, column: str | None = None):
+        self.file, self.row, self.column, self.reason = file, row, column, message
+        where = ", ".join(p for p in (file, row, f"column {column}" if column else None) if p)
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class Extract:
+    """An opened extract: its columns in file order and its rows as headerless CSV chunks."""
+
+    columns: list[str]  # the columns `chunks` carries, in order
+    chunks: Iterator[bytes]
+    # Maps the 1-based number of a data row to where a person finds it in the file.
+    row_label: Callable[[int], str]
+    # Columns found in the file but not streamed (Parquet reads only the registry's columns).
+    unread_columns: list[str] = field(default_factory=list)
+
+    @property
+    def file_columns(self) -> list[str]:
+        return self.columns + self.unread_columns
+
+
+def open_extract(source: Source, path: Path) -> Extract:
+    """Open `path` as `source`'s format; raise SourceError if it cannot be read as such."""
+    if not path.exists():
+        raise SourceError(path.name, f"file not found in {path.parent}")
+    if path.stat().st_size == 0:
+        raise SourceError(path.name, "file is empty (0 bytes)")
+    opener = {
+        Format.CSV: _open_csv,
+        Format.EXCEL: _open_excel,
+        Format.PARQUET: _open_parquet,
+        Format.JSON: _open_json,
+    }[source.format]
+    return opener(source, path)
+
+
+# --- CSV: passed through untouched -------------------------------------------------------------
+
+
+def _open_csv(source: Source, path: Path) -> Extract:
+    f = path.open("rb")
+    header_line = f.readline()
+    try:
+        text = header_line.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        f.close()
+        raise SourceError(path.name, f"header is not UTF-8 text ({e.reason})", row="line 1") from None
+    columns = next(csv.reader([text]), [])
+    columns = [c.strip() for c in columns]
+
+    def chunks() -> Iterator[bytes]:
+        with f:
+            while block := f.read(CHUNK_BYTES):
+                yield block
+
+    return Extract(columns, chunks(), lambda n: f"line {n + 1}")
+
+
+# --- Excel ------------------------------------------------------------------------------------
+
+
+def _open_excel(source: Source, path: Path) -> Extract:
+    from python_calamine import CalamineWorkbook
+
+    try:
+        workbook = CalamineWorkbook.from_path(str(path))
+        # The sheet the real extracts use; a user's copy with another sheet name still loads its first sheet.
+        name = source.sheet if source.sheet in workbook.sheet_names else workbook.sheet_names[0]
+        rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
+    except Exception as e:  # calamine raises several unrelated types for a broken zip or XML
+        raise SourceError(path.name, f"not a readable Excel workbook ({type(e).__name__}: {e})") from None
+    if not rows:
+        raise SourceError(path.name, f"sheet {name!r} is empty")
+    columns = [str(c).strip() for c in rows[0]]
+    body = rows[1:]
+    return Extract(columns, _rows_as_csv(body), lambda n: f"row {n + 1}")
+
+
+# --- Parquet ----------------------------------------------------------------------------------
+
+
+def _open_parquet(source: Source, path: Path) -> Extract:
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SourceError(path.name, f"not a readable Parquet file ({e})") from None
+    available = parquet.schema_arrow.names
+    # Read only what the registry knows: unknown columns never leave the file.
+    wanted = [c for c in source.column_names if c in available]
+    extras = [c for c in available if c not in source.column_names and not c.startswith("__index_level_")]
+
+    def chunks() -> Iterator[bytes]:
+        options = pacsv.WriteOptions(include_header=False)
+        try:
+            for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK, columns=wanted):
+                buf = io.BytesIO()
+                pacsv.write_csv(batch, buf, options)
+                yield buf.getvalue()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(path.name, f"Parquet data cannot be read ({e})") from None
+
+    return Extract(wanted, chunks(), lambda n: f"row {n}", unread_columns=extras)
+
+
+# --- JSON (pandas "columns" orient) ------------------------------------------------------------
+
+
+def _open_json(source: Source, path: Path) -> Extract:
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as e:
+        raise SourceError(path.name, f"not UTF-8 text ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise SourceError(path.name, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise SourceError(
+            path.name, 'expected one object in pandas "columns" orient: {"column": {"0": value, ...}, ...}'
+        )
+    columns = list(data)
+    if not columns:
+        raise SourceError(path.name, "the object has no columns")
+    keys = list(data[columns[0]])
+    for column in columns[1:]:
+        missing = [k for k in keys if k not in data[column]]
+        if missing:
+            raise SourceError(path.name, "value missing", row=f'row key "{missing[0]}"', column=column)
+        unexpected = [k for k in data[column] if k not in data[columns[0]]]
+        if unexpected:
+            raise SourceError(path.name, "value missing", row=f'row key "{unexpected[0]}"', column=columns[0])
+    # pandas writes row keys "0", "1", ...; keep numeric order when they are numbers.
+    if all(k.isdigit() for k in keys):
+        keys.sort(key=int)
+    rows = ([data[c][k] for c in columns] for k in keys)
+    return Extract(columns, _rows_as_csv(rows), lambda n: f'row key "{keys[n - 1]}"')
+
+
+# --- shared -----------------------------------------------------------------------------------
+
+
+def _rows_as_csv(rows: Iterable[list[Any]]) -> Iterator[bytes]:
+    """Python rows to CSV bytes, ROWS_PER_CHUNK at a time. None becomes an empty (NULL) field."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for count, row in enumerate(rows, start=1):
+        writer.writerow([_csv_value(v) for v in row])
+        if count % ROWS_PER_CHUNK == 0:
+            yield buf.getvalue().encode()
+            buf.seek(0)
+            buf.truncate()
+    if buf.tell():
+        yield buf.getvalue().encode()
+
+
+def _csv_value(value: Any) -> Any:
+    # Spreadsheets store every number as a float: 12.0 must reach an integer column as 12.
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return int(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return value

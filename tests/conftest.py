@@ -1,0 +1,64 @@
+"""Shared fixtures: a real PostgreSQL server started by the test suite, one database per test.
+
+The server is the same embedded PostgreSQL the project runs, in its own data
+folder on a free port, so the tests never touch a developer's warehouse.
+`TEST_WAREHOUSE_ADMIN_URL` points the suite at an existing server instead
+(a superuser URL; each test still gets a database of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from apparel.config import PROJECT_ROOT, load_settings, with_database
+from apparel.embedded_pg import EmbeddedServer, free_port
+from apparel.loader import load_source
+from apparel.sources import SOURCES
+
+DATASET_DIR = PROJECT_ROOT / "dataset"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """URL of the maintenance database of a running test server."""
+    if url := os.environ.get("TEST_WAREHOUSE_ADMIN_URL"):
+        yield url
+        return
+    # Under the state folder, not /tmp/pytest-*: as root the server runs as another user who must reach it.
+    data_dir = load_settings().state_dir / "test-pg" / f"pg-{os.getpid()}"
+    server = EmbeddedServer(data_dir, free_port())
+    server.start()
+    try:
+        yield server.url("postgres")
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def fresh_db(pg_admin_url: str) -> Iterator[str]:
+    """An empty database of its own for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    url = with_database(pg_admin_url, name)
+    yield url
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def load_all(url: str, dataset_dir: Path = DATASET_DIR) -> None:
+    for source in SOURCES:
+        load_source(url, source, dataset_dir)
+
+
+@pytest.fixture
+def loaded_db(fresh_db: str) -> str:
+    """A fresh database with the committed dataset loaded into raw.*."""
+    load_all(fresh_db)
+    return fresh_db
