@@ -399,7 +399,7 @@ def check_foreign_keys(url: str, sources: tuple[Source, ...] = SOURCES) -> list[
         for orphans in found:
             conn.execute(
                 sql.SQL(
-                    "update {log} set warnings = concat_ws('; ', warnings, %s) where load_id ="
+                    "update {log} set warnings = concat_ws('; ', warnings, %s::text) where load_id ="
                     " (select max(load_id) from {log} where source = %s and status = 'loaded')"
                 ).format(log=sql.Identifier(RAW_SCHEMA, LOAD_LOG_TABLE)),
                 (f"orphans: {orphans}", orphans.source),
