@@ -14,17 +14,9 @@ SEED ?= 42
 STATE_DIR ?= ./.state
 export STATE_DIR
 
-# Airflow runs from the project: metadata (SQLite) and logs in the state folder, our DAGs only.
-export AIRFLOW_HOME := $(abspath $(STATE_DIR))/airflow
-export AIRFLOW__CORE__DAGS_FOLDER := $(abspath airflow/dags)
-export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN ?= sqlite:///$(AIRFLOW_HOME)/airflow.db
-export AIRFLOW__COSMOS__CACHE_DIR := $(abspath $(STATE_DIR))/cosmos
-export AIRFLOW__CORE__PARALLELISM ?= 4
-
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test lint format down db-up db-status generate bench-ingest lock clean airflow-init
+.PHONY: help venv run test format down db-up db-status generate bench-ingest bench-transform lock clean airflow-init manifest dbt-build
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,16 +39,31 @@ db-up: venv .env ## start the embedded warehouse (or check WAREHOUSE_URL's serve
 db-status: venv ## is the warehouse running?
 	@$(BIN)/apparel db status
 
+# Airflow's configuration (DAGs folder, SQLite metadata in the state folder, ...) is in apparel/airflow_env.py.
 airflow-init: venv
-	@mkdir -p $(AIRFLOW_HOME)
-	@$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+	@mkdir -p $(STATE_DIR)/logs
+	@$(BIN)/apparel airflow db migrate > $(STATE_DIR)/logs/airflow-db-migrate.log 2>&1 \
+		|| (tail -20 $(STATE_DIR)/logs/airflow-db-migrate.log; exit 1)
 
-run: db-up airflow-init ## the pipeline: ingest the 7 extracts with Airflow (airflow dags test), print the tables
+run: db-up airflow-init manifest ## the pipeline: Airflow ingests the 7 extracts, then dbt (Cosmos) builds the model
 	@$(BIN)/apparel dags-test ingest_dataset
 	@$(BIN)/apparel report
+	@$(BIN)/apparel dags-test transform
+	@$(BIN)/apparel marts
 	@echo "connect: psql $$($(BIN)/apparel db url)"
 
-test: venv .env ## lint, format check and the whole test suite on a PostgreSQL the suite starts itself
+MANIFEST := $(STATE_DIR)/dbt/target/manifest.json
+DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' -o -name '*.md' 2>/dev/null | grep -v -e target/ -e logs/)
+
+manifest: $(MANIFEST) ## dbt parse: the manifest Cosmos renders the transform DAG from (no database needed)
+
+$(MANIFEST): $(STAMP) $(DBT_SOURCES) apparel/sources.py
+	@$(BIN)/apparel dbt parse --quiet
+
+dbt-build: db-up manifest ## dbt build (all models and tests) straight from dbt, without Airflow
+	$(BIN)/apparel dbt build
+
+test: venv .env manifest ## lint, format check and the whole test suite on a PostgreSQL the suite starts itself
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
@@ -73,6 +80,9 @@ generate: venv ## write scale SCALE extracts into dataset-SCALE/ (SCALE=1 rewrit
 
 bench-ingest: venv ## compare our loader with psql \copy and pandas.to_sql at SCALE (default 10)
 	$(BIN)/python -m apparel.bench_ingest --scale $(SCALE) --seed $(SEED)
+
+bench-transform: venv ## time dbt build from scratch, then incremental after 1% new orders, at SCALE (default 10)
+	$(BIN)/python -m apparel.bench_transform --scale $(SCALE) --seed $(SEED)
 
 lock: ## re-resolve requirements/main.txt from requirements/main.in
 	$(BIN)/uv pip compile -q --python-version 3.11 requirements/main.in -o requirements/main.txt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
@@ -114,6 +115,74 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dbt(args: argparse.Namespace) -> int:
+    from apparel.dbt_runner import run_dbt
+
+    dbt_args = args.dbt_args[1:] if args.dbt_args[:1] == ["--"] else args.dbt_args
+    return run_dbt(dbt_args, check=False).returncode
+
+
+# What `apparel marts` shows of each mart (all contract columns of the first; the second is wide).
+MART_PREVIEWS = {
+    "dm_revenue_by_months": (
+        "month_start, month_name, total_orders, total_customers, total_quantity, revenue, avg_order_value,"
+        " revenue_mom_growth_pct",
+        "month_start",
+    ),
+    "dm_perfomance_product_by_cities": (
+        "province_name, city_name, product_name, size, product_category_name, total_orders, total_quantity,"
+        " revenue, revenue_share_in_city_pct, revenue_rank_in_city",
+        "province_name, city_name, revenue_rank_in_city",
+    ),
+}
+
+
+def cmd_marts(args: argparse.Namespace) -> int:
+    """The first rows of both marts, as the end of `make run` shows them."""
+    import psycopg
+    from psycopg import sql
+
+    settings = load_settings()
+    with psycopg.connect(settings.warehouse_url) as conn:
+        for mart, (columns, order) in MART_PREVIEWS.items():
+            table_id = sql.Identifier("marts", mart)
+            total = conn.execute(sql.SQL("select count(*) from {}").format(table_id)).fetchone()[0]
+            cur = conn.execute(
+                sql.SQL("select {} from {} order by {} limit %s").format(
+                    sql.SQL(columns), table_id, sql.SQL(order)
+                ),
+                (args.limit,),
+            )
+            table = Table(title=f"marts.{mart} (first {min(args.limit, total)} of {total:,} rows)")
+            for column in cur.description:
+                table.add_column(column.name, overflow="fold")
+            for row in cur.fetchall():
+                table.add_row(*[_cell(v) for v in row])
+            console.print(table)
+    return 0
+
+
+def _cell(value: object) -> str:
+    """Money and counts with thousands separators; None as an empty cell."""
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, Decimal):
+        return f"{value:,.2f}"
+    return str(value)
+
+
+def cmd_airflow(args: argparse.Namespace) -> int:
+    """The Airflow CLI with the project's configuration (DAGs folder, metadata, caches)."""
+    import os
+
+    from apparel.airflow_env import AIRFLOW, airflow_env
+
+    airflow_args = args.airflow_args[1:] if args.airflow_args[:1] == ["--"] else args.airflow_args
+    os.execve(AIRFLOW, [str(AIRFLOW), *airflow_args], airflow_env())
+
+
 def cmd_dags_test(args: argparse.Namespace) -> int:
     from apparel.dag_test import dags_test
 
@@ -143,6 +212,20 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("report", help="print the raw tables with rows, bytes and load seconds")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dbt", help="run dbt against the configured warehouse: apparel dbt -- build")
+    p.add_argument("dbt_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_dbt)
+
+    p = sub.add_parser("marts", help="print the first rows of both marts")
+    p.add_argument("--limit", type=int, default=12)
+    p.set_defaults(func=cmd_marts)
+
+    p = sub.add_parser(
+        "airflow", help="the Airflow CLI with the project's settings: apparel airflow -- dags list"
+    )
+    p.add_argument("airflow_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_airflow)
 
     p = sub.add_parser("dags-test", help="run a DAG with `airflow dags test`, printing its progress")
     p.add_argument("dag_id")

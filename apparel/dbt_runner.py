@@ -39,7 +39,7 @@ def run_dbt(
     """Run `dbt <args>` in the project folder with the warehouse's connection settings."""
     settings = load_settings()
     env = {**os.environ, **dbt_env(settings, url)}
-    if target_path:
-        env["DBT_TARGET_PATH"] = str(target_path)
+    # Outside the source tree by default: the manifest Cosmos reads lives here (see apparel.transform).
+    env["DBT_TARGET_PATH"] = str(target_path or settings.state_dir / "dbt" / "target")
     dbt = Path(sys.executable).parent / "dbt"
     return subprocess.run([str(dbt), *args], cwd=DBT_PROJECT_DIR, env=env, check=check)

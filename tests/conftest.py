@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +17,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from apparel.airflow_env import AIRFLOW
+from apparel.airflow_env import airflow_env as project_airflow_env
 from apparel.config import PROJECT_ROOT, load_settings, with_database
 from apparel.embedded_pg import EmbeddedServer, free_port
 from apparel.loader import load_source
 from apparel.sources import SOURCES
 
 DATASET_DIR = PROJECT_ROOT / "dataset"
-AIRFLOW = Path(sys.executable).parent / "airflow"
 
 
 @pytest.fixture(scope="session")
@@ -71,14 +71,8 @@ def loaded_db(fresh_db: str) -> str:
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment for running the project's DAGs with the Airflow CLI: own home, own SQLite metadata."""
     home = tmp_path_factory.mktemp("airflow-home")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "airflow" / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos"),
-    }
+    env = project_airflow_env(home=home)
+    env["AIRFLOW__COSMOS__CACHE_DIR"] = str(home / "cosmos")
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True)
     return env
 

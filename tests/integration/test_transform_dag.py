@@ -1,0 +1,56 @@
+"""The `transform` DAG (Cosmos renders dbt) run end to end by Airflow on a freshly ingested database."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from apparel.config import PROJECT_ROOT
+from tests.conftest import DATASET_DIR, airflow_dags_test
+
+pytestmark = pytest.mark.slow
+
+
+def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "airflow" / "dags" / "transform.py")).dags["transform"]
+    task_ids = {t.task_id for t in dag.tasks}
+    for model in [
+        "stg_orders",
+        "dim_products",
+        "fct_transactions",
+        "dm_revenue_by_months",
+        "dm_perfomance_product_by_cities",
+    ]:
+        assert f"dbt.{model}.run" in task_ids
+        assert f"dbt.{model}.test" in task_ids
+        # Each model's tests run right after it, before anything downstream of it.
+        assert dag.get_task(f"dbt.{model}.test").upstream_task_ids == {f"dbt.{model}.run"}
+    assert {o.name for o in dag.get_task("publish_marts").outlets} == {
+        "marts.dm_revenue_by_months",
+        "marts.dm_perfomance_product_by_cities",
+    }
+    assert {a.name for a in dag.timetable.asset_condition.objects} == {
+        "raw.provinces",
+        "raw.cities",
+        "raw.customers",
+        "raw.product_categories",
+        "raw.products",
+        "raw.orders",
+        "raw.order_details",
+    }
+
+
+def test_ingest_then_transform_builds_the_marts(airflow_env, fresh_db: str) -> None:
+    ingest = airflow_dags_test(
+        airflow_env, "ingest_dataset", WAREHOUSE_URL=fresh_db, DATASET_DIR=str(DATASET_DIR)
+    )
+    assert ingest.returncode == 0, ingest.stdout[-3000:]
+    run = airflow_dags_test(airflow_env, "transform", WAREHOUSE_URL=fresh_db)
+    assert run.returncode == 0, run.stdout[-5000:]
+    with psycopg.connect(fresh_db) as conn:
+        months = conn.execute("select count(*), sum(revenue) from marts.dm_revenue_by_months").fetchone()
+        raw_total = conn.execute("select sum(unit_sales) from raw.order_details").fetchone()[0]
+        fact_lines = conn.execute("select count(*) from core.fct_transactions").fetchone()[0]
+    assert months == (12, raw_total)
+    assert fact_lines == 18258
