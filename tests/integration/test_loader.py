@@ -264,10 +264,10 @@ def test_unknown_extra_columns_are_ignored_with_a_warning(fresh_db: str, dataset
     )
     assert columns == [
         *get_source("orders").column_names,
+        "_source_row",
         "_loaded_at",
         "_source_file",
         "_batch_id",
-        "_source_row",
     ]
     assert scalar(fresh_db, "select count(*) from raw.orders") == EXPECTED_ROWS["orders"]
     assert "ignored unknown column(s) not in the registry: coupon" in scalar(
