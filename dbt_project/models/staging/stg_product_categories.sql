@@ -1,0 +1,15 @@
+with
+
+source as (
+    select * from {{ source('raw', 'product_categories') }}
+),
+
+renamed as (
+    select
+        product_category_id,
+        trim(product_category_name) as product_category_name,
+        _loaded_at as loaded_at
+    from source
+)
+
+select * from renamed

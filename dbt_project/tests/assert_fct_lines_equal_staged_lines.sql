@@ -1,0 +1,27 @@
+-- Reconciliation: the fact holds exactly the staged order lines, no more, no fewer.
+-- Returns the ids found on one side only (one full join: a single pass over both).
+with
+
+staged as (
+    select order_detail_id from {{ ref('stg_order_details') }}
+),
+
+facts as (
+    select transaction_id from {{ ref('fct_transactions') }}
+),
+
+final as (
+    select
+        staged.order_detail_id,
+        facts.transaction_id,
+        case
+            when facts.transaction_id is null then 'missing from fct_transactions'
+            else 'not in stg_order_details'
+        end as problem
+    from staged
+    full outer join facts
+        on staged.order_detail_id = facts.transaction_id
+    where staged.order_detail_id is null or facts.transaction_id is null
+)
+
+select * from final

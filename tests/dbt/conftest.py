@@ -1,0 +1,65 @@
+"""Helpers for the dbt tests: run dbt against a test database, read its results, query tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from apparel.dbt_runner import run_dbt
+from apparel.loader import load_source
+from apparel.sources import get_source
+from tests.conftest import DATASET_DIR
+
+
+class Dbt:
+    """dbt bound to one test database and one target folder (parallel runs don't share files)."""
+
+    def __init__(self, url: str, target_path: Path):
+        self.url = url
+        self.target_path = target_path
+
+    def __call__(self, *args: str) -> None:
+        result = run_dbt(list(args), url=self.url, target_path=self.target_path, check=False)
+        assert result.returncode == 0, f"dbt {' '.join(args)} failed (exit {result.returncode}); see output"
+
+    def run_results(self) -> dict[str, dict[str, Any]]:
+        """The last command's results by node name."""
+        results = json.loads((self.target_path / "run_results.json").read_text())["results"]
+        return {r["unique_id"].split(".")[-1]: r for r in results}
+
+    def rows_affected(self, model: str) -> int:
+        return self.run_results()[model]["adapter_response"]["rows_affected"]
+
+
+@pytest.fixture
+def dbt(loaded_db: str, tmp_path: Path) -> Dbt:
+    """dbt on a fresh database holding the committed dataset in raw.*."""
+    return Dbt(loaded_db, tmp_path / "dbt-target")
+
+
+@pytest.fixture
+def dataset_copy(tmp_path: Path) -> Path:
+    """A writable copy of the committed dataset, for later extracts."""
+    target = tmp_path / "dataset"
+    shutil.copytree(DATASET_DIR, target)
+    return target
+
+
+def query(url: str, sql: str, params: tuple | dict | None = None) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def scalar(url: str, sql: str, params: tuple | dict | None = None) -> Any:
+    return query(url, sql, params)[0][0]
+
+
+def reload(url: str, dataset_dir: Path, *sources: str) -> None:
+    """Load a later extract of `sources`, replacing the raw tables as the ingest DAG does."""
+    for name in sources:
+        load_source(url, get_source(name), dataset_dir, force=True)

@@ -1,0 +1,91 @@
+"""`dbt build` from scratch on the committed dataset: green, contract in place, every column described."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.dbt.conftest import Dbt, query, scalar
+
+# The warehouse contract of GUIDE.md ("Grains and columns that must hold").
+CONTRACT: dict[str, list[str]] = {
+    "core.dim_locations": [
+        "location_key", "city_id", "city_name", "city_type", "province_id", "province_name",
+    ],
+    "core.dim_customers": ["customer_key", "customer_id", "first_name", "last_name", "full_name", "gender"],
+    "core.dim_products": [
+        "product_key", "product_id", "product_name", "product_type", "color", "size", "price",
+        "product_category_id", "product_category_name",
+    ],
+    # dim_dates is not in GUIDE.md's list; these are the issue's (day, week, month, quarter, year, ...).
+    "core.dim_dates": [
+        "date_key", "date_day", "day_of_month", "day_name", "iso_week", "month", "month_name",
+        "quarter", "year", "is_weekend",
+    ],
+    "core.fct_transactions": [
+        "transaction_id", "order_id", "order_date", "date_key", "customer_key", "product_key",
+        "location_key", "quantity", "unit_price", "amount",
+    ],
+    "marts.dm_revenue_by_months": [
+        "month_start", "year", "month", "month_name", "total_orders", "total_customers",
+        "total_quantity", "revenue", "avg_order_value", "revenue_mom_growth_pct",
+    ],
+    "marts.dm_perfomance_product_by_cities": [
+        "province_id", "province_name", "city_id", "city_name", "product_id", "product_name",
+        "product_type", "size", "product_category_name", "total_orders", "total_quantity", "revenue",
+        "revenue_share_in_city_pct", "revenue_rank_in_city",
+    ],
+}  # fmt: skip
+
+
+def columns_of(url: str, schema: str, table: str) -> list[str]:
+    rows = query(
+        url,
+        "select column_name from information_schema.columns"
+        " where table_schema = %s and table_name = %s order by ordinal_position",
+        (schema, table),
+    )
+    return [r[0] for r in rows]
+
+
+@pytest.mark.slow
+def test_build_from_scratch_holds_the_contract(dbt: Dbt) -> None:
+    dbt("build")
+
+    results = dbt.run_results()
+    assert {r["status"] for r in results.values()} <= {"success", "pass"}, "every node green, no warnings"
+    for table, required in CONTRACT.items():
+        schema, name = table.split(".")
+        have = columns_of(dbt.url, schema, name)
+        assert have, f"{table} missing"
+        assert not set(required) - set(have), f"{table} lacks {set(required) - set(have)}"
+        assert scalar(dbt.url, f"select count(*) from {table}") > 0, f"{table} empty"
+
+    # One fact row per order line, one product version per product on a first load.
+    assert scalar(dbt.url, "select count(*) from core.fct_transactions") == scalar(
+        dbt.url, "select count(*) from raw.order_details"
+    )
+    assert scalar(dbt.url, "select count(*) from core.dim_products where product_id <> -1") == scalar(
+        dbt.url, "select count(*) from raw.products"
+    )
+    # Each dimension has its unknown member.
+    for table, key in [
+        ("dim_locations", "location_key"),
+        ("dim_customers", "customer_key"),
+        ("dim_products", "product_key"),
+    ]:
+        assert scalar(dbt.url, f"select count(*) from core.{table} where {key} = '-1'") == 1
+    assert scalar(dbt.url, "select count(*) from core.dim_dates where date_key = -1") == 1
+
+    # Every built model and every one of its columns is described in the docs.
+    manifest = json.loads((dbt.target_path / "manifest.json").read_text())
+    for node in manifest["nodes"].values():
+        if node["resource_type"] not in ("model", "snapshot"):
+            continue
+        assert node["description"].strip(), f"{node['name']} has no description"
+        actual = columns_of(dbt.url, node["schema"], node["alias"])
+        undocumented = [c for c in actual if not node["columns"].get(c, {}).get("description", "").strip()]
+        assert not undocumented, f"{node['name']}: columns without a description: {undocumented}"
+        if node["name"] in ("fct_transactions", "dm_revenue_by_months", "dm_perfomance_product_by_cities"):
+            assert node["config"]["contract"]["enforced"], f"{node['name']} contract not enforced"
