@@ -21,6 +21,11 @@ def test_sql_is_lint_clean(fresh_db: str) -> None:
     sqlfluff = Path(sys.executable).parent / "sqlfluff"
     paths = ["dbt_project/models", "dbt_project/snapshots", "dbt_project/tests", "dbt_project/macros"]
     run = subprocess.run(
-        [str(sqlfluff), "lint", *paths], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+        [str(sqlfluff), "lint", *paths],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
