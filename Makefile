@@ -16,7 +16,7 @@ export STATE_DIR
 
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test format down db-up db-status generate bench-ingest bench-transform lock clean airflow-init manifest dbt-build
+.PHONY: help venv run test format down db-up db-status generate bench-ingest bench-transform lock clean airflow-init manifest dbt-build docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,13 @@ manifest: $(MANIFEST) ## dbt parse: the manifest Cosmos renders the transform DA
 
 $(MANIFEST): $(STAMP) $(DBT_SOURCES) apparel/sources.py
 	@$(BIN)/apparel dbt parse --quiet
+
+DBT_DOCS_PORT ?= 8081
+
+docs: db-up manifest ## dbt docs: generate the site (models, columns, lineage) and serve it on DBT_DOCS_PORT
+	$(BIN)/apparel dbt docs generate --quiet
+	@echo "dbt docs on http://127.0.0.1:$(DBT_DOCS_PORT) (Ctrl-C to stop)"
+	$(BIN)/apparel dbt docs serve --port $(DBT_DOCS_PORT) --host 127.0.0.1 --no-browser
 
 dbt-build: db-up manifest ## dbt build (all models and tests) straight from dbt, without Airflow
 	$(BIN)/apparel dbt build

@@ -9,10 +9,12 @@ folder on a free port, so the tests never touch a developer's warehouse.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -53,6 +55,23 @@ def fresh_db(pg_admin_url: str) -> Iterator[str]:
     yield url
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def query(url: str, sql: str, params: tuple | dict | None = None) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def scalar(url: str, sql: str, params: tuple | dict | None = None) -> Any:
+    return query(url, sql, params)[0][0]
+
+
+@pytest.fixture
+def dataset_copy(tmp_path: Path) -> Path:
+    """A writable copy of the committed dataset, to break or to extend as a later extract."""
+    target = tmp_path / "dataset"
+    shutil.copytree(DATASET_DIR, target)
+    return target
 
 
 def load_all(url: str, dataset_dir: Path = DATASET_DIR) -> None:

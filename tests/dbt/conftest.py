@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from apparel.dbt_runner import run_dbt
 from apparel.loader import load_source
 from apparel.sources import get_source
-from tests.conftest import DATASET_DIR
+from tests.conftest import query, scalar  # noqa: F401  (re-exported for the dbt tests)
 
 
 class Dbt:
@@ -40,23 +38,6 @@ class Dbt:
 def dbt(loaded_db: str, tmp_path: Path) -> Dbt:
     """dbt on a fresh database holding the committed dataset in raw.*."""
     return Dbt(loaded_db, tmp_path / "dbt-target")
-
-
-@pytest.fixture
-def dataset_copy(tmp_path: Path) -> Path:
-    """A writable copy of the committed dataset, for later extracts."""
-    target = tmp_path / "dataset"
-    shutil.copytree(DATASET_DIR, target)
-    return target
-
-
-def query(url: str, sql: str, params: tuple | dict | None = None) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def scalar(url: str, sql: str, params: tuple | dict | None = None) -> Any:
-    return query(url, sql, params)[0][0]
 
 
 def reload(url: str, dataset_dir: Path, *sources: str) -> None:

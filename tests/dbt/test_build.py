@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from apparel.sources import SOURCES
 from tests.dbt.conftest import Dbt, query, scalar
 
 # The warehouse contract of GUIDE.md ("Grains and columns that must hold").
@@ -89,3 +90,25 @@ def test_build_from_scratch_holds_the_contract(dbt: Dbt) -> None:
         assert not undocumented, f"{node['name']}: columns without a description: {undocumented}"
         if node["name"] in ("fct_transactions", "dm_revenue_by_months", "dm_perfomance_product_by_cities"):
             assert node["config"]["contract"]["enforced"], f"{node['name']} contract not enforced"
+
+    # The docs site: a catalog of every model, and lineage from the raw sources to both marts.
+    dbt("docs", "generate")
+    catalog = json.loads((dbt.target_path / "catalog.json").read_text())
+    models = {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    assert models <= {n.split(".")[-1] for n in catalog["nodes"]}
+    assert (dbt.target_path / "index.html").exists()
+    parents = json.loads((dbt.target_path / "manifest.json").read_text())["parent_map"]
+
+    def upstream(node: str) -> set[str]:
+        found, todo = set(), [node]
+        while todo:
+            for parent in parents.get(todo.pop(), []):
+                if parent not in found:
+                    found.add(parent)
+                    todo.append(parent)
+        return found
+
+    for mart in ("dm_revenue_by_months", "dm_perfomance_product_by_cities"):
+        raw_sources = {p.split(".")[-1] for p in upstream(f"model.apparel.{mart}") if p.startswith("source.")}
+        # Every extract reaches both marts through staging, the dimensions and the fact.
+        assert raw_sources == {source.name for source in SOURCES}, raw_sources

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +11,7 @@ import pytest
 
 from apparel.loader import LoadFailed, check_foreign_keys, load_source
 from apparel.sources import SOURCES, get_source
-from tests.conftest import DATASET_DIR
+from tests.conftest import DATASET_DIR, scalar
 
 EXPECTED_ROWS = {
     "provinces": 11,
@@ -25,11 +24,6 @@ EXPECTED_ROWS = {
 }
 
 
-def scalar(url: str, query: str, params: tuple | None = None):
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, params).fetchone()[0]
-
-
 def table_digest(url: str, table: str) -> str:
     """md5 of the table's extract columns in key order: equal digests mean equal data."""
     source = get_source(table)
@@ -39,14 +33,6 @@ def table_digest(url: str, table: str) -> str:
         f"select md5(string_agg(t::text, '|' order by {source.primary_key}))"
         f" from (select {cols} from raw.{table}) t",
     )
-
-
-@pytest.fixture
-def dataset_copy(tmp_path: Path) -> Path:
-    """A writable copy of the committed dataset to break."""
-    target = tmp_path / "dataset"
-    shutil.copytree(DATASET_DIR, target)
-    return target
 
 
 def test_loads_all_sources_with_types_keys_and_metadata(loaded_db: str) -> None:
