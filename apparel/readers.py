@@ -104,14 +104,18 @@ def _open_excel(source: Source, path: Path) -> Extract:
         workbook = CalamineWorkbook.from_path(str(path))
         # The sheet the real extracts use; a user's copy with another sheet name still loads its first sheet.
         name = source.sheet if source.sheet in workbook.sheet_names else workbook.sheet_names[0]
-        rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
+        sheet = workbook.get_sheet_by_name(name)
+        # Row by row, so Python never holds the whole sheet as objects (calamine keeps the cells).
+        rows = sheet.iter_rows()
+        header = next(rows, None)
     except Exception as e:  # calamine raises several unrelated types for a broken zip or XML
         raise SourceError(path.name, f"not a readable Excel workbook ({type(e).__name__}: {e})") from None
-    if not rows:
+    if not header:
         raise SourceError(path.name, f"sheet {name!r} is empty")
-    columns = [str(c).strip() for c in rows[0]]
-    body = rows[1:]
-    return Extract(columns, _rows_as_csv(body), lambda n: f"row {n + 1}")
+    columns = [str(c).strip() for c in header]
+    # Excel's own row numbers: the header is at the sheet's first used row (row 1 in the real extracts).
+    header_row = (sheet.start[0] if sheet.start else 0) + 1
+    return Extract(columns, _rows_as_csv(rows), lambda n: f"row {header_row + n}")
 
 
 # --- Parquet ----------------------------------------------------------------------------------
