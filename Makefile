@@ -9,10 +9,12 @@ UV_VERSION := 0.13.8
 SCALE ?= 10
 SEED ?= 42
 
-# Settings come from the environment, then .env (see .env.example); these are the fallbacks.
--include .env
-STATE_DIR ?= ./.state
-export STATE_DIR
+# Settings come from the environment, then .env (see .env.example), as in apparel/config.py.
+# .env is not `include`d: its empty WAREHOUSE_URL= would override one set in the environment.
+# Make itself needs only these two; `?=` keeps an environment value.
+dotenv = $(shell sed -n 's/^$(1)=//p' .env 2>/dev/null | tail -n 1)
+STATE_DIR ?= $(or $(call dotenv,STATE_DIR),./.state)
+DBT_DOCS_PORT ?= $(or $(call dotenv,DBT_DOCS_PORT),8081)
 
 STAMP := $(VENV)/.installed-stamp
 
@@ -59,8 +61,6 @@ manifest: $(MANIFEST) ## dbt parse: the manifest Cosmos renders the transform DA
 
 $(MANIFEST): $(STAMP) $(DBT_SOURCES) apparel/sources.py
 	@$(BIN)/apparel dbt parse --quiet
-
-DBT_DOCS_PORT ?= 8081
 
 docs: db-up manifest ## dbt docs: generate the site (models, columns, lineage) and serve it on DBT_DOCS_PORT
 	$(BIN)/apparel dbt docs generate --quiet
