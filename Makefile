@@ -21,7 +21,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: help venv run test format down db-up db-status generate bench-ingest bench-transform lock clean airflow-init manifest dbt-build docs
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 venv: $(STAMP) ## build .venv from the locked pins (only when missing or stale)
 
@@ -79,10 +79,10 @@ format: venv ## apply ruff's fixes and format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-down: venv ## stop what make started (the embedded warehouse)
+down: venv ## stop what make started (Superset, then the embedded warehouse)
 	@$(BIN)/apparel db stop
 
-generate: venv ## write scale SCALE extracts into dataset-SCALE/ (SCALE=1 rewrites the committed dataset/)
+generate: venv ## write scale SCALE extracts into bench-data/scale-SCALE/ (SCALE=1 rewrites dataset/)
 	$(BIN)/apparel generate --scale $(SCALE) --seed $(SEED) --out $(if $(filter 1,$(SCALE)),dataset,bench-data/scale-$(SCALE))
 
 bench-ingest: venv ## compare our loader with psql \copy and pandas.to_sql at SCALE (default 10)
@@ -96,3 +96,6 @@ lock: ## re-resolve requirements/main.txt from requirements/main.in
 
 clean: down ## stop and delete all local state (warehouse data, Airflow metadata)
 	rm -rf $(STATE_DIR) bench-data
+
+# Superset (its own venv, dashboards as code, browser tests): targets and their wiring into test/down.
+include superset/superset.mk

@@ -1,0 +1,107 @@
+"""The launcher's pure parts: secrets in .env, the import bundle, export normalisation."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from apparel.superset_setup import (
+    ASSETS_DIR,
+    SECRET_SETTINGS,
+    build_bundle,
+    ensure_env_secrets,
+    normalize_asset,
+    warehouse_template_values,
+)
+
+
+def test_secrets_are_generated_once_and_kept(tmp_path: Path, monkeypatch) -> None:
+    for name in SECRET_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    example = tmp_path / ".env.example"
+    example.write_text("PG_PORT=5433\n# Superset\nSUPERSET_SECRET_KEY=\nSUPERSET_ADMIN_PASSWORD=\n")
+    env_file = tmp_path / ".env"
+
+    assert ensure_env_secrets(env_file, example) == list(SECRET_SETTINGS)
+    first = env_file.read_text()
+    values = dict(
+        line.split("=", 1) for line in first.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert values["PG_PORT"] == "5433"
+    assert all(len(values[name]) >= 20 for name in SECRET_SETTINGS)
+    assert len({values[name] for name in SECRET_SETTINGS}) == 3
+    assert first.count("SUPERSET_SECRET_KEY=") == 1, "the empty line is filled in, not duplicated"
+    assert env_file.stat().st_mode & 0o077 == 0, ".env holds secrets: owner-only"
+
+    assert ensure_env_secrets(env_file, example) == []
+    assert env_file.read_text() == first
+
+
+def test_secret_from_the_environment_is_not_written(tmp_path: Path, monkeypatch) -> None:
+    for name in SECRET_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SUPERSET_ADMIN_PASSWORD", "from-ci")
+    env_file = tmp_path / ".env"
+    assert "SUPERSET_ADMIN_PASSWORD" not in ensure_env_secrets(env_file, tmp_path / "missing.example")
+    assert "from-ci" not in env_file.read_text()
+
+
+def test_bundle_points_the_connection_at_the_configured_warehouse() -> None:
+    values = warehouse_template_values("postgresql://owner:pw@db.internal:6543/dwh?sslmode=require", "reader")
+    with zipfile.ZipFile(io.BytesIO(build_bundle(ASSETS_DIR, values))) as bundle:
+        names = bundle.namelist()
+        assert all(n.startswith("apparel_assets/") for n in names), "one top-level folder"
+        assert yaml.safe_load(bundle.read("apparel_assets/metadata.yaml"))["type"] == "assets"
+        [db_file] = [n for n in names if "/databases/" in n]
+        database = yaml.safe_load(bundle.read(db_file))
+    assert database["sqlalchemy_uri"] == "postgresql+psycopg2://reader@db.internal:6543/dwh"
+    assert "pw" not in database["sqlalchemy_uri"]
+    assert sum("/charts/" in n for n in names) == 11
+
+
+def test_assets_link_by_uuid_and_charts_can_answer_the_data_endpoint() -> None:
+    docs = {p: yaml.safe_load(p.read_text()) for p in ASSETS_DIR.rglob("*.yaml")}
+    uuids = [str(d["uuid"]) for d in docs.values()]
+    assert len(uuids) == len(set(uuids))
+    datasets = {str(d["uuid"]) for p, d in docs.items() if p.parent.parent.name == "datasets"}
+    charts = {str(d["uuid"]): d for p, d in docs.items() if p.parent.name == "charts"}
+    for chart in charts.values():
+        assert str(chart["dataset_uuid"]) in datasets
+        assert json.loads(chart["query_context"])["queries"], f"{chart['slice_name']} needs a query_context"
+    [dashboard] = [d for p, d in docs.items() if p.parent.name == "dashboards"]
+    assert dashboard["slug"] == "sales"
+    placed = {
+        i["meta"]["uuid"]
+        for i in dashboard["position"].values()
+        if isinstance(i, dict) and "uuid" in i.get("meta", {})
+    }
+    assert placed == set(charts)
+    filters = {f["name"] for f in dashboard["metadata"]["native_filter_configuration"]}
+    assert filters == {"Province", "Category", "Month"}
+
+
+def test_export_normalisation_replaces_instance_ids() -> None:
+    dashboard = {
+        "position": {
+            "CHART-a": {"type": "CHART", "meta": {"chartId": 41, "uuid": "u1"}},
+            "CHART-b": {"type": "CHART", "meta": {"chartId": 17, "uuid": "u2"}},
+        },
+        "metadata": {
+            "native_filter_configuration": [{"chartsInScope": [41, 17], "scope": {"excluded": [17]}}],
+            "chart_configuration": {"41": {}},
+        },
+    }
+    out = normalize_asset("dashboards", dashboard, {})
+    assert [c["meta"]["chartId"] for c in out["position"].values()] == [1, 2]
+    assert out["metadata"]["native_filter_configuration"] == [{"scope": {"excluded": [2]}}]
+    chart = {
+        "params": {"datasource": "7__table", "slice_id": 3},
+        "query_context": json.dumps({"datasource": {"id": 7}}),
+    }
+    out = normalize_asset("charts", chart, {})
+    assert out["params"] == {"datasource": "0__table"}
+    assert json.loads(out["query_context"])["datasource"] == {"id": 0, "type": "table"}
