@@ -183,6 +183,12 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     os.execve(AIRFLOW, [str(AIRFLOW), *airflow_args], airflow_env())
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from apparel.stack import run_command
+
+    return run_command(args)
+
+
 def cmd_dags_test(args: argparse.Namespace) -> int:
     from apparel.dag_test import dags_test
 
@@ -226,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_airflow)
+
+    from apparel.stack import add_arguments as add_stack_arguments
+
+    p = sub.add_parser("stack", help="the whole stack: up, down, status, logs")
+    add_stack_arguments(p)
+    p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("dags-test", help="run a DAG with `airflow dags test`, printing its progress")
     p.add_argument("dag_id")

@@ -29,6 +29,10 @@ def raw_asset(source: Source) -> Asset:
 
 
 RAW_ASSETS: list[Asset] = [raw_asset(s) for s in SOURCES]
+# The raw layer as a whole: updated once per ingest run, after every load has finished, when at least
+# one table changed. `transform` is scheduled on it, so dbt never starts on a half-ingested warehouse
+# (as it would on the first table's event) and runs once per ingest, not once per table.
+RAW_LAYER = Asset(name="raw", uri="postgres://warehouse/raw")
 
 
 def ingest_params() -> dict[str, Param]:
@@ -94,7 +98,7 @@ def run_load(source_name: str, force: bool, dataset_dir: str | None, run_id: str
 def finish_ingest(run_id: str | None) -> None:
     """Check foreign keys across the raw tables, print the summary, fail if any load of this run failed."""
     from apparel.loader import check_foreign_keys
-    from apparel.report import failed_loads, raw_tables
+    from apparel.report import failed_loads, loads_in_run, raw_tables
 
     settings = load_settings()
     for orphans in check_foreign_keys(settings.warehouse_url):
@@ -112,6 +116,8 @@ def finish_ingest(run_id: str | None) -> None:
     failures = failed_loads(settings.warehouse_url, run_id) if run_id else []
     if failures:
         raise RuntimeError("loads failed in this run:\n" + "\n".join(failures))
+    if run_id and not loads_in_run(settings.warehouse_url, run_id):
+        raise AirflowSkipException("no table changed in this run: the raw layer's asset is not updated")
 
 
 def build_ingest_tasks() -> None:
@@ -126,7 +132,7 @@ def build_ingest_tasks() -> None:
         loads.append(load())
 
     # all_done: the check runs and reports even when some loads failed, then fails the run for them.
-    @task(task_id="check_foreign_keys", trigger_rule="all_done")
+    @task(task_id="check_foreign_keys", trigger_rule="all_done", outlets=[RAW_LAYER])
     def check(run_id=None) -> None:
         finish_ingest(run_id)
 

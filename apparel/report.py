@@ -71,3 +71,14 @@ def failed_loads(url: str, run_id: str) -> list[str]:
             (run_id,),
         ).fetchall()
     return [r[0] for r in rows]
+
+
+def loads_in_run(url: str, run_id: str) -> int:
+    """How many tables one Airflow run loaded (skipped and failed loads do not count)."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            sql.SQL("select count(*) from {} where run_id = %s and status = 'loaded'").format(
+                sql.Identifier(RAW_SCHEMA, LOAD_LOG_TABLE)
+            ),
+            (run_id,),
+        ).fetchone()[0]

@@ -30,7 +30,9 @@ def test_ingest_dag_has_one_task_per_source_and_publishes_assets(dagbag: DagBag)
     for source in SOURCES:
         outlets = dag.get_task(f"load_{source.name}").outlets
         assert [o.uri for o in outlets] == [source.asset_uri]
-    assert dag.get_task("check_foreign_keys").upstream_task_ids == loads
+    check = dag.get_task("check_foreign_keys")
+    assert check.upstream_task_ids == loads
+    assert [o.name for o in check.outlets] == ["raw"]
 
 
 def test_dag_files_parse_quickly() -> None:

@@ -1,0 +1,106 @@
+"""The stack's configuration without starting anything: secrets, Airflow's environment, the Procfile."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from apparel import stack
+from apparel.config import Settings
+
+
+def test_procfile_runs_every_service_through_apparel_stack() -> None:
+    lines = [
+        line for line in stack.PROCFILE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+    entries = dict(re.match(r"^([A-Za-z0-9_-]+):\s*(.+)$", line).groups() for line in lines)
+    assert tuple(entries) == stack.ALL_SERVICES
+    for name, command in entries.items():
+        assert command == f"exec python -m apparel.stack run {name}"
+
+
+def test_ensure_secrets_writes_only_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nAIRFLOW_ADMIN_PASSWORD=kept\nAIRFLOW__API__SECRET_KEY=\n")
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "from-the-environment")
+    monkeypatch.delenv("AIRFLOW__CORE__FERNET_KEY", raising=False)
+    monkeypatch.delenv("AIRFLOW__API__SECRET_KEY", raising=False)
+    written = stack.ensure_secrets(stack.AIRFLOW_SECRETS, env_file=env_file, example=tmp_path / "none")
+    assert sorted(written) == ["AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"]
+    text = env_file.read_text()
+    assert "AIRFLOW_ADMIN_PASSWORD=kept\n" in text
+    assert "JWT_SECRET" not in text  # the environment has it: nothing written
+    assert re.search(r"^AIRFLOW__API__SECRET_KEY=\S{20,}$", text, re.M)  # the empty line was filled in
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    from cryptography.fernet import Fernet
+
+    key = re.search(r"^AIRFLOW__CORE__FERNET_KEY=(\S+)$", text, re.M).group(1)
+    Fernet(key.encode())  # a valid key
+    assert stack.ensure_secrets(stack.AIRFLOW_SECRETS, env_file=env_file) == []  # idempotent
+
+
+def _settings(tmp_path: Path, **values: str) -> stack.StackSettings:
+    return stack.StackSettings(Settings({"STATE_DIR": str(tmp_path), "PG_PORT": "6543", **values}))
+
+
+def test_airflow_env_uses_postgres_metadata_and_shared_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("AIRFLOW"):
+            monkeypatch.delenv(key)
+    st = _settings(
+        tmp_path,
+        AIRFLOW_PORT="18080",
+        AIRFLOW__CORE__FERNET_KEY="fernet-from-dotenv",
+        AIRFLOW__API_AUTH__JWT_SECRET="jwt-from-dotenv",
+        AIRFLOW_CONN_SHOP="postgres://u@h/shop",
+        AIRFLOW__CORE__PARALLELISM="3",
+    )
+    env = stack.airflow_stack_env(st)
+    assert (
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql+psycopg://postgres@127.0.0.1:6543/airflow"
+    )
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == "fernet-from-dotenv"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "jwt-from-dotenv"
+    assert env["AIRFLOW_CONN_SHOP"] == "postgres://u@h/shop"
+    assert env["AIRFLOW_CONN_WAREHOUSE"] == "postgres://postgres@127.0.0.1:6543/warehouse"
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "3"  # .env wins over the defaults
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+    # From apparel.airflow_env, not repeated here.
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("airflow/dags")
+    assert env["AIRFLOW_HOME"] == str(tmp_path / "airflow")
+
+
+def test_explicit_metadata_url_wins(tmp_path: Path) -> None:
+    st = _settings(tmp_path, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg://a@b/c")
+    assert st.airflow_metadata_url == "postgresql+psycopg://a@b/c"
+    st = _settings(tmp_path, WAREHOUSE_URL="postgresql://u:p@db.example:5432/dw")
+    assert st.airflow_metadata_url == "postgresql+psycopg://u:p@db.example:5432/airflow"
+
+
+def test_passwords_file_from_env(tmp_path: Path) -> None:
+    st = _settings(tmp_path, AIRFLOW_ADMIN_USER="ops", AIRFLOW_ADMIN_PASSWORD="s3cret")
+    path = stack.write_airflow_passwords(
+        st, {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "p.json")}
+    )
+    assert path.read_text().strip() == '{"ops": "s3cret"}'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(RuntimeError, match="AIRFLOW_ADMIN_PASSWORD"):
+        stack.write_airflow_passwords(_settings(tmp_path), {})
+
+
+def test_status_and_down_when_nothing_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    (tmp_path / "stack").mkdir()
+    (tmp_path / "stack" / "honcho.pid").write_text("999999999\n")  # stale
+    assert stack.status() == 3
+    assert not (tmp_path / "stack" / "honcho.pid").exists()
+    assert stack.down() == 0
+    assert "not running" in capsys.readouterr().out
