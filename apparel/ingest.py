@@ -95,6 +95,18 @@ def run_load(source_name: str, force: bool, dataset_dir: str | None, run_id: str
     return {"rows": result.rows, "bytes": result.bytes, "seconds": round(result.seconds, 3)}
 
 
+def find_changed_extracts() -> list[str]:
+    """For `watch_dataset`: the sources whose file changed; skips the run (no trigger) when none did."""
+    from apparel.loader import changed_sources
+
+    settings = load_settings()
+    changed = changed_sources(settings.warehouse_url, settings.dataset_dir)
+    if not changed:
+        raise AirflowSkipException(f"no new or changed extract in {settings.dataset_dir}")
+    log.info("new or changed extracts: %s", ", ".join(changed))
+    return changed
+
+
 def finish_ingest(run_id: str | None) -> None:
     """Check foreign keys across the raw tables, print the summary, fail if any load of this run failed."""
     from apparel.loader import check_foreign_keys

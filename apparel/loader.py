@@ -162,6 +162,22 @@ def _unchanged(conn: psycopg.Connection, source: Source, checksum: str) -> bool:
     return row is not None
 
 
+def changed_sources(url: str, dataset_dir: Path, sources: tuple[Source, ...] = SOURCES) -> list[str]:
+    """Sources whose file differs from its last successful load (new, changed, or never loaded).
+
+    The same test `load_source` uses to skip a file, so a watcher that triggers the ingest on this
+    list triggers it exactly when the ingest would load something. Missing files are not changes.
+    """
+    with psycopg.connect(url) as conn:
+        ensure_raw_schema(conn)
+        return [
+            source.name
+            for source in sources
+            if (dataset_dir / source.file).exists()
+            and not _unchanged(conn, source, file_checksum(dataset_dir / source.file))
+        ]
+
+
 def _check_columns(source: Source, extract: Extract) -> list[str]:
     """Missing registry columns fail the load; unknown extra columns are ignored with a warning.
 

@@ -35,6 +35,13 @@ def test_ingest_dag_has_one_task_per_source_and_publishes_assets(dagbag: DagBag)
     assert [o.name for o in check.outlets] == ["raw"]
 
 
+def test_watch_dataset_triggers_the_ingest(dagbag: DagBag) -> None:
+    dag = dagbag.dags["watch_dataset"]
+    trigger = dag.get_task("trigger_ingest_dataset")
+    assert trigger.trigger_dag_id == "ingest_dataset"
+    assert trigger.upstream_task_ids == {"changed_extracts"}
+
+
 def test_dag_files_parse_quickly() -> None:
     for path in DAGS_FOLDER.glob("*.py"):
         started = time.perf_counter()

@@ -273,3 +273,14 @@ def test_orphan_foreign_keys_are_reported_not_dropped(loaded_db: str, dataset_co
         loaded_db,
         "select warnings from raw._load_log where source = 'order_details' order by load_id desc limit 1",
     )
+
+
+def test_changed_sources_are_the_files_a_load_would_not_skip(loaded_db: str, dataset_copy: Path) -> None:
+    from apparel.loader import changed_sources
+
+    assert changed_sources(loaded_db, dataset_copy) == []
+    _set_field(dataset_copy / "orders.csv", 2, 2, "2")
+    (dataset_copy / "products.json").unlink()
+    assert changed_sources(loaded_db, dataset_copy) == ["orders"]
+    load_source(loaded_db, get_source("orders"), dataset_copy)
+    assert changed_sources(loaded_db, dataset_copy) == []
