@@ -7,6 +7,7 @@ local state lives, so the loader, Airflow, dbt and the tests agree.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -76,3 +77,38 @@ def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database."""
     parsed = urlparse(url)
     return urlunparse(parsed._replace(path=f"/{database}"))
+
+
+def ensure_secrets(
+    generators: dict[str, Callable[[], str]], env_file: Path | None = None, example: Path | None = None
+) -> list[str]:
+    """Write a generated value into `.env` for each name set neither there nor in the environment.
+
+    `.env` is created from `.env.example` when missing and kept at mode 600. Returns the names written.
+    """
+    env_file = env_file or PROJECT_ROOT / ".env"
+    example = example or PROJECT_ROOT / ".env.example"
+    if not env_file.exists():
+        env_file.write_text(example.read_text() if example.exists() else "")
+    env_file.chmod(0o600)
+    lines = env_file.read_text().splitlines()
+    present: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and not key.lstrip().startswith("#"):
+            present[key.strip()] = value.strip()
+    written = []
+    for name, generate in generators.items():
+        if os.environ.get(name) or present.get(name):
+            continue
+        value = generate()
+        for i, line in enumerate(lines):
+            if line.partition("=")[0].strip() == name:
+                lines[i] = f"{name}={value}"
+                break
+        else:
+            lines.append(f"{name}={value}")
+        written.append(name)
+    if written:
+        env_file.write_text("\n".join(lines) + "\n")
+    return written

@@ -47,7 +47,14 @@ from pathlib import Path
 import psutil
 import requests
 
-from apparel.config import EMBEDDED_DATABASE, PROJECT_ROOT, Settings, load_settings, with_database
+from apparel.config import (
+    EMBEDDED_DATABASE,
+    PROJECT_ROOT,
+    Settings,
+    ensure_secrets,
+    load_settings,
+    with_database,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,41 +174,6 @@ def _client_host(host: str) -> str:
 
 def stack_settings() -> StackSettings:
     return StackSettings(load_settings())
-
-
-def ensure_secrets(
-    generators: dict[str, Callable[[], str]], env_file: Path | None = None, example: Path | None = None
-) -> list[str]:
-    """Write a generated value into `.env` for each name set neither there nor in the environment.
-
-    `.env` is created from `.env.example` when missing and kept at mode 600. Returns the names written.
-    """
-    env_file = env_file or PROJECT_ROOT / ".env"
-    example = example or PROJECT_ROOT / ".env.example"
-    if not env_file.exists():
-        env_file.write_text(example.read_text() if example.exists() else "")
-    env_file.chmod(0o600)
-    lines = env_file.read_text().splitlines()
-    present: dict[str, str] = {}
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and not key.lstrip().startswith("#"):
-            present[key.strip()] = value.strip()
-    written = []
-    for name, generate in generators.items():
-        if os.environ.get(name) or present.get(name):
-            continue
-        value = generate()
-        for i, line in enumerate(lines):
-            if line.partition("=")[0].strip() == name:
-                lines[i] = f"{name}={value}"
-                break
-        else:
-            lines.append(f"{name}={value}")
-        written.append(name)
-    if written:
-        env_file.write_text("\n".join(lines) + "\n")
-    return written
 
 
 # ---------------------------------------------------------------------------------------- environments

@@ -46,7 +46,7 @@ import requests
 import yaml
 from psycopg import sql
 
-from apparel.config import PROJECT_ROOT, Settings, load_settings, with_database
+from apparel.config import PROJECT_ROOT, Settings, ensure_secrets, load_settings, with_database
 
 log = logging.getLogger(__name__)
 
@@ -151,37 +151,12 @@ def metadata_url(settings: Settings) -> str:
 
 
 def ensure_env_secrets(env_file: Path | None = None, example: Path | None = None) -> list[str]:
-    """Write a random value into `.env` for each secret that is set neither there nor in the environment.
-
-    Returns the names written. `.env` is created from `.env.example` when missing.
-    """
-    env_file = env_file or PROJECT_ROOT / ".env"
-    example = example or PROJECT_ROOT / ".env.example"
-    if not env_file.exists():
-        env_file.write_text(example.read_text() if example.exists() else "")
-        log.info("created %s from %s", env_file.name, example.name)
-    env_file.chmod(0o600)
-    lines = env_file.read_text().splitlines()
-    present = {}
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and not key.lstrip().startswith("#"):
-            present[key.strip()] = value.strip()
-    written = []
-    for name in SECRET_SETTINGS:
-        if os.environ.get(name) or present.get(name):
-            continue
-        value = secrets.token_urlsafe(32 if name == "SUPERSET_SECRET_KEY" else 18)
-        for i, line in enumerate(lines):
-            if line.partition("=")[0].strip() == name:
-                lines[i] = f"{name}={value}"
-                break
-        else:
-            lines.append(f"{name}={value}")
-        written.append(name)
-    if written:
-        env_file.write_text("\n".join(lines) + "\n")
-    return written
+    """Write a random value into `.env` for each Superset secret set neither there nor in the environment."""
+    generators = {
+        name: (lambda n=32 if name == "SUPERSET_SECRET_KEY" else 18: secrets.token_urlsafe(n))
+        for name in SECRET_SETTINGS
+    }
+    return ensure_secrets(generators, env_file, example)
 
 
 # --------------------------------------------------------------------------------------- warehouse side
