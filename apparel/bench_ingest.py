@@ -77,7 +77,6 @@ DEFAULT_FORMAT_ROWS = 200_000
 XLSX_MAX_DATA_ROWS = 1_048_575  # an xlsx sheet holds 1,048,576 rows, one of them the header
 FORMAT_SUFFIXES = {Format.EXCEL: "xlsx", Format.PARQUET: "parquet", Format.JSON: "json", Format.CSV: "csv"}
 OVERHEAD_MARK = "\u2020"  # dagger: a to_sql ratio of a tiny source, per-load overhead rather than throughput
-DROP_DATABASE = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(BENCH_DATABASE))
 
 # The child that runs our loader: only the loader's own imports, so its memory is the loader's.
 # Peak RSS is VmHWM, not ru_maxrss: on Linux a child's ru_maxrss starts at the parent's peak (the
@@ -272,9 +271,9 @@ def _write_big_xlsx(path: Path, frame) -> None:
 # --- database --------------------------------------------------------------------------------------
 
 
-def _bench_server(settings: Settings) -> EmbeddedServer:
+def _bench_server(settings: Settings, folder: str) -> EmbeddedServer:
     """The bench cluster; a kept one (`--keep`) that still runs is reused on its port."""
-    data_dir = settings.state_dir / "bench-pg"
+    data_dir = settings.state_dir / folder
     pid_file = data_dir / "postmaster.pid"
     if pid_file.exists():
         lines = pid_file.read_text().splitlines()
@@ -286,24 +285,36 @@ def _bench_server(settings: Settings) -> EmbeddedServer:
 
 
 @contextmanager
-def bench_database(settings: Settings, keep: bool) -> Iterator[str]:
-    """Yield the URL of an empty `apparel_bench` database; clean up afterwards unless `keep`."""
+def bench_database(
+    settings: Settings,
+    keep: bool,
+    *,
+    folder: str = "bench-pg",
+    database: str = BENCH_DATABASE,
+    schemas: tuple[str, ...] = (COPY_SCHEMA, TOSQL_SCHEMA),
+) -> Iterator[str]:
+    """Yield the URL of an empty benchmark database (with `schemas`); clean up afterwards unless `keep`.
+
+    Never the user's warehouse database: an embedded server in STATE_DIR/<folder> (each benchmark its
+    own, so one cannot stop the other's midway), or `database` on the WAREHOUSE_URL server.
+    """
+    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(database))
     server: EmbeddedServer | None = None
     if settings.embedded:
-        server = _bench_server(settings)
+        server = _bench_server(settings, folder)
         log.info("starting the bench PostgreSQL in %s on port %d", server.data_dir, server.port)
         server.start()
         admin_url = server.url("postgres")
     else:
         admin_url = settings.warehouse_url
-        log.info("using database %s on the WAREHOUSE_URL server", BENCH_DATABASE)
+        log.info("using database %s on the WAREHOUSE_URL server", database)
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(DROP_DATABASE)
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(BENCH_DATABASE)))
-    url = with_database(admin_url, BENCH_DATABASE)
+        conn.execute(drop)
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+    url = with_database(admin_url, database)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            for schema in (COPY_SCHEMA, TOSQL_SCHEMA):
+            for schema in schemas:
                 conn.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
         yield url
     finally:
@@ -313,9 +324,9 @@ def bench_database(settings: Settings, keep: bool) -> Iterator[str]:
             log.info("destroying the bench PostgreSQL in %s", server.data_dir)
             server.destroy()
         else:
-            log.info("dropping database %s", BENCH_DATABASE)
+            log.info("dropping database %s", database)
             with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(DROP_DATABASE)
+                conn.execute(drop)
 
 
 def checkpoint(url: str) -> None:

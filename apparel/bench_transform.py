@@ -26,8 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +33,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from psycopg import sql
 
-from apparel.bench_ingest import ensure_data
-from apparel.config import Settings, load_settings, with_database
+from apparel.bench_ingest import bench_database, ensure_data
+from apparel.config import load_settings
 from apparel.dbt_runner import run_dbt
-from apparel.embedded_pg import EmbeddedServer, free_port
 from apparel.loader import load_source
 from apparel.sources import SOURCES, get_source
 
@@ -59,37 +55,6 @@ class BuildTiming:
     seconds: float  # wall clock of the whole `dbt build` (dbt start-up included)
     fact_seconds: float  # fct_transactions' own execution time
     fact_rows: int  # rows the fact model wrote (INSERT / MERGE count)
-
-
-@contextmanager
-def bench_database(settings: Settings, keep: bool) -> Iterator[str]:
-    """Yield the URL of an empty database for the benchmark; clean up afterwards unless `keep`."""
-    server: EmbeddedServer | None = None
-    if settings.embedded:
-        server = EmbeddedServer(settings.state_dir / "bench-transform-pg", free_port())
-        log.info("starting the bench PostgreSQL in %s on port %d", server.data_dir, server.port)
-        server.start()
-        admin_url = server.url("postgres")
-    else:
-        admin_url = settings.warehouse_url
-        log.info("using database %s on the WAREHOUSE_URL server", BENCH_DATABASE)
-    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(BENCH_DATABASE))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(drop)
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(BENCH_DATABASE)))
-    url = with_database(admin_url, BENCH_DATABASE)
-    try:
-        yield url
-    finally:
-        if keep:
-            log.info("kept: psql %s", url)
-        elif server is not None:
-            log.info("destroying the bench PostgreSQL in %s", server.data_dir)
-            server.destroy()
-        else:
-            log.info("dropping database %s", BENCH_DATABASE)
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(drop)
 
 
 def _read_csv(path: Path) -> pa.Table:
@@ -179,7 +144,9 @@ def run_benchmark(scale: int, seed: int, keep: bool) -> str:
     data_dir = ensure_data(scale, seed)
     with (
         tempfile.TemporaryDirectory(prefix="bench-transform-", dir=settings.state_dir) as tmp,
-        bench_database(settings, keep) as url,
+        bench_database(
+            settings, keep, folder="bench-transform-pg", database=BENCH_DATABASE, schemas=()
+        ) as url,
     ):
         tmp_dir = Path(tmp)
         target = tmp_dir / "dbt-target"
