@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from apparel.readers import Extract, SourceError, open_extract
-from apparel.sources import LOAD_LOG_TABLE, RAW_SCHEMA, SOURCES, Format, Source
+from apparel.sources import LOAD_LOG_TABLE, RAW_SCHEMA, SOURCES, Source
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _copy_and_swap(
             raise SourceError(source.file, "no data rows (the file has a header only)")
         for column in extra_columns:
             conn.execute(sql.SQL("alter table {} drop column {}").format(staging, sql.Identifier(column)))
-        _add_primary_key(conn, source, staging)
+        _add_primary_key(conn, source, extract, staging)
         conn.execute(sql.SQL("alter table {} alter column _source_row drop identity").format(staging))
         _add_load_columns(conn, source, staging, batch_id)
         views = (
@@ -303,7 +303,9 @@ def _add_load_columns(
         )
 
 
-def _add_primary_key(conn: psycopg.Connection, source: Source, staging: sql.Identifier) -> None:
+def _add_primary_key(
+    conn: psycopg.Connection, source: Source, extract: Extract, staging: sql.Identifier
+) -> None:
     """Add the key after the COPY (one bulk index build); on a duplicate, name its rows."""
     key = sql.Identifier(source.primary_key)
     try:
@@ -324,21 +326,15 @@ def _add_primary_key(conn: psycopg.Connection, source: Source, staging: sql.Iden
         ).fetchone()
         raise SourceError(
             source.file,
-            f"duplicate primary key {source.primary_key}={value}, also at {_label_rows(source, rows[1:])}",
-            row=_label_rows(source, rows[:1]),
+            f"duplicate primary key {source.primary_key}={value}, also at {_label_rows(extract, rows[1:])}",
+            row=_label_rows(extract, rows[:1]),
             column=source.primary_key,
         ) from None
 
 
-def _label_rows(source: Source, rows: list[int]) -> str:
-    # Same labels as the readers use, without reopening the file.
-    if source.format == Format.CSV:
-        return ", ".join(f"line {r + 1}" for r in rows[:5])
-    if source.format == Format.EXCEL:
-        return ", ".join(f"row {r + 1}" for r in rows[:5])
-    if source.format == Format.JSON:
-        return ", ".join(f'row key "{r - 1}"' for r in rows[:5])
-    return ", ".join(f"row {r}" for r in rows[:5])
+def _label_rows(extract: Extract, rows: list[int]) -> str:
+    """The reader's own labels (CSV line, sheet row, Parquet row, JSON key) of the first few rows."""
+    return ", ".join(extract.row_label(r) for r in rows[:5])
 
 
 def _copy_error(source: Source, extract: Extract, error: psycopg.Error) -> SourceError:
