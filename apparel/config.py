@@ -54,6 +54,13 @@ class Settings:
         """libpq URL of the warehouse database."""
         return self.get("WAREHOUSE_URL") or self.embedded_url(EMBEDDED_DATABASE)
 
+    @property
+    def store_url(self) -> str:
+        """libpq URL of the shop's own database (a `store` database on the embedded server by default)."""
+        from apparel.store import STORE_DATABASE
+
+        return self.get("STORE_URL") or self.embedded_url(STORE_DATABASE)
+
     def embedded_url(self, database: str) -> str:
         return f"postgresql://{EMBEDDED_USER}@127.0.0.1:{self.pg_port}/{database}"
 
