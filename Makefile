@@ -18,7 +18,7 @@ DBT_DOCS_PORT ?= $(or $(call dotenv,DBT_DOCS_PORT),8081)
 
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test format down db-up db-status generate bench-ingest bench-transform lock clean airflow-init manifest dbt-build docs
+.PHONY: help venv run test format down db-up db-status store generate bench-ingest bench-transform lock clean airflow-init manifest dbt-build docs
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ $(STAMP): requirements/main.txt pyproject.toml
 
 db-up: venv .env ## start the embedded warehouse (or check WAREHOUSE_URL's server)
 	@$(BIN)/apparel db start
+
+store: db-up ## create the shop's database (STORE_URL, default: `store` on the embedded server), seed it when empty
+	@$(BIN)/apparel store init
 
 db-status: venv ## is the warehouse running?
 	@$(BIN)/apparel db status

@@ -40,7 +40,11 @@ def cmd_db(args: argparse.Namespace) -> int:
         return 0
     server = _server(settings)
     if args.action == "start":
-        server.start(databases=(EMBEDDED_DATABASE,))
+        from apparel.store import STORE_DATABASE
+
+        # The shop's database lives on the embedded server too, unless STORE_URL points elsewhere.
+        store = () if settings.get("STORE_URL") else (STORE_DATABASE,)
+        server.start(databases=(EMBEDDED_DATABASE, *store))
         console.print(f"warehouse running: {settings.warehouse_url}  (data in {server.data_dir})")
     elif args.action == "stop":
         server.stop()
@@ -51,6 +55,38 @@ def cmd_db(args: argparse.Namespace) -> int:
             f"embedded warehouse {'running on ' + settings.warehouse_url if running else 'stopped'}"
         )
         return 0 if running else 3
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """The shop's database: create and seed it, show its tables, or rebuild it."""
+    from apparel.store import StoreError, ensure_store, reset_store, store_status
+
+    settings = load_settings()
+    dataset_dir = Path(args.dataset_dir) if args.dataset_dir else settings.dataset_dir
+    # A configured STORE_URL is someone else's server: we create tables there, never databases.
+    create_database = not settings.get("STORE_URL")
+    try:
+        if args.action == "init":
+            seeded = ensure_store(settings.store_url, dataset_dir, create_database=create_database)
+            console.print(
+                f"store seeded with {seeded:,} rows from {dataset_dir}"
+                if seeded
+                else "store already has data: nothing seeded"
+            )
+        elif args.action == "reset":
+            seeded = reset_store(settings.store_url, dataset_dir, create_database=create_database)
+            console.print(f"store rebuilt: {seeded:,} rows seeded from {dataset_dir}")
+        console.print(f"store: {settings.store_url}")
+        table = Table()
+        for column, justify in [("table", "left"), ("rows", "right"), ("max id", "right")]:
+            table.add_column(column, justify=justify)
+        for status in store_status(settings.store_url):
+            table.add_row(status.table, f"{status.rows:,}", _cell(status.max_id))
+        console.print(table)
+    except StoreError as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
     return 0
 
 
@@ -203,6 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("db", help="the embedded warehouse server")
     p.add_argument("action", choices=["start", "stop", "status", "url"])
     p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("store", help="the shop's database (STORE_URL): init, status, reset")
+    p.add_argument(
+        "action",
+        choices=["init", "status", "reset"],
+        help="init: create the database and tables, seed them from the dataset when empty; "
+        "status: rows and max id per table; reset: drop the tables and seed again (development only)",
+    )
+    p.add_argument("--dataset-dir", help="default: DATASET_DIR")
+    p.set_defaults(func=cmd_store)
 
     p = sub.add_parser("generate", help="write the seven extracts with the deterministic generator")
     p.add_argument("--scale", type=int, default=1, help="1 = the real size (~7,000 orders)")

@@ -13,7 +13,19 @@ took it), `_deleted_at` (tombstone: the row was deleted in the store) and `_batc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psycopg
+from psycopg import sql
+
+from apparel.config import with_database
+from apparel.readers import open_extract
+from apparel.sources import Source, get_source
+
+log = logging.getLogger(__name__)
 
 STORE_DATABASE = "store"
 MIRROR_SCHEMA = "raw_store"
@@ -196,3 +208,166 @@ def mirror_ddl() -> list[str]:
 )""",
     ]
     return statements
+
+
+# --- The store database: creation and seed ------------------------------------------------------
+
+# The extracts' order dates are the shop's local time (Jakarta, UTC+7); the shop stores timestamptz.
+SHOP_TIMEZONE = "Asia/Jakarta"
+
+# Serialises concurrent `ensure_store` calls (CLI, stream, tests) on one store: one creates and seeds.
+_SEED_LOCK = "apparel.store.seed"
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    table: str
+    rows: int
+    max_id: int | None
+
+
+def ensure_store(store_url: str, dataset_dir: Path, *, create_database: bool = True) -> int:
+    """Make the shop's database ready: database, tables, and the dataset's rows when the tables are empty.
+
+    `create_database=False` (a configured STORE_URL) only checks that the database answers; we
+    never create databases on a server we do not manage. Returns the rows seeded (0 when the store
+    already had data). Safe to call again and from several processes at once.
+    """
+    if create_database:
+        create_store_database(store_url)
+    with connect_store(store_url) as conn, conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (_SEED_LOCK,))
+        for statement in store_ddl():
+            conn.execute(statement)
+        if _store_has_rows(conn):
+            return 0
+        return seed_store(conn, dataset_dir)
+
+
+def create_store_database(store_url: str) -> bool:
+    """Create the database `store_url` names when missing, from the same server's `postgres` database.
+
+    Returns True when it was created.
+    """
+    database = urlparse(store_url).path.lstrip("/")
+    if not database:
+        raise ValueError(f"the store URL names no database: {store_url}")
+    try:
+        with psycopg.connect(with_database(store_url, "postgres"), autocommit=True) as conn:
+            if conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone():
+                return False
+            try:
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+            except psycopg.errors.DuplicateDatabase:  # created by a concurrent caller meanwhile
+                return False
+    except psycopg.OperationalError as e:
+        raise StoreError(f"cannot reach the store's server to create database {database!r}: {e}") from e
+    log.info("created the store database %r", database)
+    return True
+
+
+def seed_store(conn: psycopg.Connection, dataset_dir: Path) -> int:
+    """Copy customers, orders and order lines from the extracts into the (empty) shop tables.
+
+    Runs inside the caller's transaction: a bad extract leaves the store as it was. Each extract goes
+    through the loader's reader into a temporary table with COPY, then into the shop's table with one
+    INSERT ... SELECT, so the dataset's ids are kept and the shop's columns are filled in SQL.
+    """
+    staged = {name: _stage_extract(conn, get_source(name), dataset_dir) for name in _SEED_SOURCES}
+    seeded = 0
+    for statement in _SEED_INSERTS:
+        seeded += conn.execute(statement.format(**staged)).rowcount
+    # New rows the shop writes get ids after the dataset's.
+    for table in STORE_TABLES:
+        next_id = conn.execute(f"select coalesce(max(id), 0) + 1 from {table.name}").fetchone()[0]
+        conn.execute(f"alter table {table.name} alter column id restart with {int(next_id)}")
+    for staging in staged.values():
+        conn.execute(f"drop table {staging}")
+    for table in STORE_TABLES:
+        conn.execute(f"analyze {table.name}")
+    log.info("seeded the store with %s rows from %s", f"{seeded:,}", dataset_dir)
+    return seeded
+
+
+_SEED_SOURCES = ("customers", "orders", "order_details")
+
+# Filled with the staging tables' names. A customer's created_at is their first order (else now()).
+_SEED_INSERTS = (
+    f"""insert into shop_customer (id, first_name, last_name, gender, created_at, updated_at)
+select c.customer_id, c.first_name, c.last_name, c.gender,
+       coalesce(f.first_at, now()), coalesce(f.first_at, now())
+from {{customers}} c
+left join (select customer_id, min(order_date) at time zone '{SHOP_TIMEZONE}' as first_at
+           from {{orders}} group by customer_id) f using (customer_id)
+order by c.customer_id""",
+    f"""insert into shop_order (id, customer_id, province_id, city_id, status, created_at, updated_at)
+select order_id, customer_id, province_id, city_id, 'delivered',
+       order_date at time zone '{SHOP_TIMEZONE}', order_date at time zone '{SHOP_TIMEZONE}'
+from {{orders}} order by order_id""",
+    """insert into shop_orderline
+    (id, order_id, product_id, quantity, unit_price, amount, created_at, updated_at)
+select d.order_detail_id, d.order_id, d.product_id, d.qty, d.item_price, d.unit_sales,
+       o.created_at, o.created_at
+from {order_details} d join shop_order o on o.id = d.order_id
+order by d.order_detail_id""",
+)
+
+
+def _stage_extract(conn: psycopg.Connection, source: Source, dataset_dir: Path) -> str:
+    """COPY one extract into a temporary table typed like its raw table; returns the table's name."""
+    from apparel.loader import _check_columns, _copy_error, _create_table_sql
+
+    extract = open_extract(source, dataset_dir / source.file)
+    _check_columns(source, extract)
+    name = f"_seed_{source.table}"
+    staging = sql.Identifier("pg_temp", name)
+    copy_columns = [c if c in source.column_names else f"_extra_{i}" for i, c in enumerate(extract.columns)]
+    extra_columns = [c for c in copy_columns if c not in source.column_names]
+    conn.execute(_create_table_sql(source, staging, extra_columns))
+    copy_sql = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
+        staging, sql.SQL(", ").join(map(sql.Identifier, copy_columns))
+    )
+    try:
+        with conn.cursor().copy(copy_sql) as copy:
+            for chunk in extract.chunks:
+                copy.write(chunk)
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+        raise _copy_error(source, extract, e) from None
+    return f"pg_temp.{name}"
+
+
+def _store_has_rows(conn: psycopg.Connection) -> bool:
+    return any(conn.execute(f"select exists (select from {t.name})").fetchone()[0] for t in STORE_TABLES)
+
+
+def store_status(store_url: str) -> list[TableStatus]:
+    """Rows and highest id of each shop table (the tables must exist: run `apparel store init`)."""
+    with connect_store(store_url) as conn:
+        return [
+            TableStatus(t.name, *conn.execute(f"select count(*), max(id) from {t.name}").fetchone())
+            for t in STORE_TABLES
+        ]
+
+
+def reset_store(store_url: str, dataset_dir: Path, *, create_database: bool = True) -> int:
+    """Drop the shop's tables and build them again from the dataset (development only: loses shop data)."""
+    if create_database:
+        create_store_database(store_url)
+    with connect_store(store_url) as conn, conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (_SEED_LOCK,))
+        for table in reversed(STORE_TABLES):
+            conn.execute(f"drop table if exists {table.name} cascade")
+    return ensure_store(store_url, dataset_dir, create_database=False)
+
+
+class StoreError(Exception):
+    """The store database cannot be reached or prepared; the message names what failed."""
+
+
+def connect_store(store_url: str, **kwargs) -> psycopg.Connection:
+    """A connection to the store, or a StoreError that says which database did not answer and why."""
+    try:
+        return psycopg.connect(store_url, **kwargs)
+    except psycopg.OperationalError as e:
+        database = urlparse(store_url).path.lstrip("/")
+        raise StoreError(f"cannot connect to the store database {database!r}: {str(e).strip()}") from e
