@@ -90,6 +90,41 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Write realistic shop orders into the store until the duration ends or Ctrl-C / SIGTERM."""
+    import signal
+    import threading
+
+    from apparel.simulate import run_simulator
+    from apparel.store import StoreError
+
+    settings = load_settings()
+    rate = args.rate if args.rate is not None else float(settings.get("SIMULATE_RATE", "5"))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    console.print(
+        f"simulating {rate:,g} orders/s into {settings.store_url}"
+        + (f" for {args.duration:g}s" if args.duration else " until Ctrl-C")
+    )
+    try:
+        stats = run_simulator(
+            settings.store_url,
+            rate,
+            args.duration,
+            seed=args.seed,
+            dataset_dir=Path(args.dataset_dir) if args.dataset_dir else settings.dataset_dir,
+            stop_event=stop,
+            transactions=args.transactions,
+            on_progress=lambda s: console.print(f"  {s.seconds:6.0f}s  {s.summary()}"),
+        )
+    except StoreError as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    console.print(f"simulate ({stats.transactions_mode} transactions): {stats.summary()}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
@@ -249,6 +284,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dataset-dir", help="default: DATASET_DIR")
     p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser("simulate", help="write realistic shop orders into the store at a steady rate")
+    p.add_argument("--rate", type=float, help="orders per second (default: SIMULATE_RATE, 5)")
+    p.add_argument("--duration", type=float, default=0, help="seconds; 0 (default) runs until Ctrl-C")
+    p.add_argument("--seed", type=int, help="the same seed on the same store writes the same rows")
+    p.add_argument(
+        "--transactions",
+        choices=["auto", "order", "tick"],
+        default="auto",
+        help="order: one transaction per order or change, as the shop writes; tick: one per 20 ms tick "
+        "(for thousands of orders/s); auto (default): order up to 250 orders/s",
+    )
+    p.add_argument("--dataset-dir", help="where products and cities are read (default: DATASET_DIR)")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("generate", help="write the seven extracts with the deterministic generator")
     p.add_argument("--scale", type=int, default=1, help="1 = the real size (~7,000 orders)")
