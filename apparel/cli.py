@@ -125,6 +125,39 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    """The CDC stream (store -> raw_store) until SIGTERM / Ctrl-C, or its status."""
+    from apparel import stream
+
+    settings = load_settings()
+    slot = args.slot or settings.get("STREAM_SLOT", stream.DEFAULT_SLOT)
+    if args.action == "status":
+        status = stream.stream_status(
+            settings.store_url,
+            settings.warehouse_url,
+            slot,
+            wal_warn_mb=float(settings.get("STREAM_WAL_WARN_MB", str(stream.DEFAULT_WAL_WARN_MB))),
+        )
+        for line in stream.format_status(status):
+            console.print(line, markup=False, highlight=False)
+        return 1 if status.warnings else 0
+    stats = stream.run_stream(
+        settings.store_url,
+        settings.warehouse_url,
+        slot=slot,
+        publication=args.publication or settings.get("STREAM_PUBLICATION", stream.DEFAULT_PUBLICATION),
+        until_caught_up=args.until_caught_up,
+        batch_ms=int(settings.get("STREAM_BATCH_MS", str(stream.DEFAULT_BATCH_MS))),
+        batch_changes=int(settings.get("STREAM_BATCH_CHANGES", str(stream.DEFAULT_BATCH_CHANGES))),
+    )
+    console.print(
+        f"stream: {stats.changes:,} changes in {stats.transactions:,} store transactions, "
+        f"{stats.batches:,} batches, {stats.initial_rows:,} rows copied initially, "
+        f"{stats.dead_letters:,} dead letters, {stats.reconnects} reconnects; at {stats.lsn}"
+    )
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
@@ -298,6 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dataset-dir", help="where products and cities are read (default: DATASET_DIR)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "stream", help="mirror the store into raw_store by logical replication (CDC); `stream status`"
+    )
+    p.add_argument("action", nargs="?", choices=["run", "status"], default="run")
+    p.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="exit once everything written to the store before the start is in the warehouse",
+    )
+    p.add_argument("--slot", help="replication slot (default: STREAM_SLOT, apparel_cdc)")
+    p.add_argument("--publication", help="publication (default: STREAM_PUBLICATION, apparel_cdc)")
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("generate", help="write the seven extracts with the deterministic generator")
     p.add_argument("--scale", type=int, default=1, help="1 = the real size (~7,000 orders)")
