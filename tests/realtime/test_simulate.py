@@ -1,0 +1,149 @@
+"""The shop simulator on a real store: its pace, the validity of what it writes, its seed, its stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from apparel.config import PROJECT_ROOT
+from apparel.simulate import load_catalogue, run_simulator
+from apparel.store import ensure_store, reset_store, store_status
+from tests.conftest import DATASET_DIR, query, scalar
+
+APPAREL = PROJECT_ROOT / ".venv" / "bin" / "apparel"
+
+
+@pytest.fixture
+def store(fresh_db: str) -> str:
+    ensure_store(fresh_db, DATASET_DIR)
+    return fresh_db
+
+
+def _max_ids(url: str) -> dict[str, int]:
+    return {s.table: s.max_id for s in store_status(url)}
+
+
+def _seeded_max_order_id(url: str) -> int:
+    return _max_ids(url)["shop_order"]
+
+
+@pytest.mark.parametrize(("rate", "transactions"), [(200, "order"), (1000, "tick")])
+def test_simulator_writes_valid_orders_at_its_rate(store: str, rate: int, transactions: str) -> None:
+    seeded_max, seeded_customers = _max_ids(store)["shop_order"], _max_ids(store)["shop_customer"]
+    duration = 2.0
+
+    stats = run_simulator(store, rate, duration, seed=5, dataset_dir=DATASET_DIR, transactions=transactions)
+
+    # A steady clock writes exactly rate x duration when the store keeps up; allow a loaded machine 10%.
+    assert rate * duration * 0.9 <= stats.orders <= rate * duration
+    assert stats.seconds == pytest.approx(duration, abs=0.5)
+    assert stats.transactions_mode == transactions
+    new_orders = f"(select id from shop_order where id > {seeded_max})"
+    assert scalar(store, f"select count(*) from {new_orders} o") == stats.orders
+    assert scalar(store, f"select count(*) from shop_orderline where order_id in {new_orders}") == (
+        stats.lines - stats.line_deletes
+    )
+    assert 2.3 <= stats.lines / stats.orders <= 2.9
+    assert stats.updates > 0 and stats.cancellations > 0 and stats.line_deletes > 0
+    assert scalar(store, "select count(*) from shop_order where status = 'cancelled'") == stats.cancellations
+    assert (
+        scalar(store, f"select count(*) from shop_order where id > {seeded_max} and status <> 'pending'") > 0
+    )
+    assert (
+        scalar(store, "select count(*) from shop_customer where id > %s", (seeded_customers,))
+        == stats.customers
+    )
+
+    catalogue = load_catalogue(DATASET_DIR)
+    prices = dict(catalogue.products)
+    provinces = dict(catalogue.cities)
+    lines = query(
+        store,
+        f"select product_id, quantity, unit_price, amount from shop_orderline where order_id in {new_orders}",
+    )
+    for product, qty, price, amount in lines:
+        assert 1 <= qty <= 9 and price == prices[product] and amount == qty * price
+    places = query(store, f"select city_id, province_id from shop_order where id in {new_orders}")
+    assert all(provinces[city] == province for city, province in places)
+    # Removing a line never empties an order.
+    without_lines = (
+        f"select count(*) from {new_orders} o"
+        " where not exists (select from shop_orderline l where l.order_id = o.id)"
+    )
+    assert scalar(store, without_lines) == 0
+
+
+def _written(url: str, after: int) -> list[tuple]:
+    """What the simulator chose for each new order: customer, place and lines, status aside."""
+    return query(
+        url,
+        "select o.id, o.customer_id, o.city_id, array_agg((l.id, l.product_id, l.quantity) order by l.id)"
+        " from shop_order o left join shop_orderline l on l.order_id = o.id where o.id > %s"
+        " group by o.id order by o.id",
+        (after,),
+    )
+
+
+def _statuses(url: str, after: int) -> list[tuple]:
+    return query(url, "select id, status from shop_order where id > %s order by id", (after,))
+
+
+def test_the_same_seed_writes_the_same_orders_whatever_the_transactions(store: str) -> None:
+    seeded_max = _seeded_max_order_id(store)
+    first = run_simulator(store, 100, 1, seed=42, dataset_dir=DATASET_DIR, transactions="order")
+    rows_first = _written(store, seeded_max)
+    statuses_first = query(
+        store, "select id, status from shop_order where id > %s order by id", (seeded_max,)
+    )
+
+    reset_store(store, DATASET_DIR, create_database=False)
+    second = run_simulator(store, 100, 1, seed=42, dataset_dir=DATASET_DIR, transactions="tick")
+    rows_second = _written(store, seeded_max)
+
+    common = min(first.orders, second.orders)
+    assert common >= 90
+    assert rows_first[:common] == rows_second[:common]
+    if first.orders == second.orders:
+        assert _statuses(store, seeded_max) == statuses_first
+
+    reset_store(store, DATASET_DIR, create_database=False)
+    run_simulator(store, 100, 1, seed=43, dataset_dir=DATASET_DIR)
+    assert _written(store, seeded_max)[:common] != rows_first[:common]
+
+
+def test_duration_zero_runs_until_stopped(store: str) -> None:
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    started = time.monotonic()
+
+    stats = run_simulator(store, 50, 0, seed=1, dataset_dir=DATASET_DIR, stop_event=stop)
+
+    assert time.monotonic() - started < 3
+    assert 40 <= stats.orders <= 60
+
+
+def test_cli_simulate_stops_cleanly_on_sigterm(store: str) -> None:
+    proc = subprocess.Popen(
+        [str(APPAREL), "simulate", "--rate", "20", "--seed", "3"],
+        env={**os.environ, "STORE_URL": store},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Wait until it writes, then stop it as a process manager would.
+    seeded_max = _seeded_max_order_id(store)
+    deadline = time.monotonic() + 30
+    while scalar(store, "select count(*) from shop_order where id > %s", (seeded_max,)) == 0:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+
+    assert proc.returncode == 0, err
+    written = scalar(store, "select count(*) from shop_order where id > %s", (seeded_max,))
+    assert f"{written:,} orders" in out
