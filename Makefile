@@ -18,7 +18,7 @@ DBT_DOCS_PORT ?= $(or $(call dotenv,DBT_DOCS_PORT),8081)
 
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test format down db-up db-status store generate bench-ingest bench-transform lock clean airflow-init manifest dbt-build docs
+.PHONY: help venv run test format down db-up db-status store generate bench-ingest bench-transform bench-stream lock clean airflow-init manifest dbt-build docs
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ bench-ingest: venv ## compare our loader with psql \copy and pandas.to_sql at SC
 
 bench-transform: venv ## time dbt build from scratch, then incremental after 1% new orders, at SCALE (default 10)
 	$(BIN)/python -m apparel.bench_transform --scale $(SCALE) --seed $(SEED)
+
+bench-stream: venv ## CDC stream at 100, 1000, 5000 orders/s (BENCH_STREAM_ARGS="--seconds 20"): lag, rows compared
+	$(BIN)/python -m apparel.bench_stream $(BENCH_STREAM_ARGS)
 
 lock: ## re-resolve requirements/main.txt from requirements/main.in
 	$(BIN)/uv pip compile -q --python-version 3.11 requirements/main.in -o requirements/main.txt
