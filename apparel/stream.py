@@ -437,19 +437,21 @@ class _Applier:
     def __init__(self, conn: psycopg.Connection, slot: str):
         self.conn = conn
         self.slot = slot
-        self.staged: set[str] = set()
         self._sql_cache: dict[tuple[str, tuple[str, ...]], tuple[sql.Composed, sql.Composed]] = {}
-
-    def _stage(self, table: str) -> sql.Identifier:
-        if table not in self.staged:
-            # LIKE copies the columns and types, not the warehouse-side constraints: those are
-            # checked by the upsert into the mirror, where a violation becomes a dead letter.
-            self.conn.execute(
-                sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
-                    sql.Identifier(f"_stage_{table}"), sql.Identifier(MIRROR_SCHEMA, table)
+        # The session's staging tables, created once and committed (a table created inside a batch's
+        # savepoint would vanish with it). LIKE copies the columns and types, not the warehouse-side
+        # constraints: those are checked by the upsert into the mirror, where a violation becomes a
+        # dead letter.
+        with conn.transaction():
+            for table in STORE_TABLES:
+                conn.execute(
+                    sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
+                        self._stage(table.name), sql.Identifier(MIRROR_SCHEMA, table.name)
+                    )
                 )
-            )
-            self.staged.add(table)
+
+    @staticmethod
+    def _stage(table: str) -> sql.Identifier:
         return sql.Identifier(f"_stage_{table}")
 
     def _statements(self, table: str, columns: tuple[str, ...]) -> tuple[sql.Composed, sql.Composed]:
