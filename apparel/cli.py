@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "order", "tick"],
         default="auto",
         help="order: one transaction per order or change, as the shop writes; tick: one per 20 ms tick "
-        "(for thousands of orders/s); auto (default): order up to 250 orders/s",
+        "(thousands of orders/s); auto (default): per order up to 200 orders/s (a tick that fell behind "
+        "in one transaction), per tick above",
     )
     p.add_argument("--dataset-dir", help="where products and cities are read (default: DATASET_DIR)")
     p.set_defaults(func=cmd_simulate)

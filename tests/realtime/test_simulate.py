@@ -32,15 +32,15 @@ def _seeded_max_order_id(url: str) -> int:
     return _max_ids(url)["shop_order"]
 
 
-@pytest.mark.parametrize(("rate", "transactions"), [(200, "order"), (1000, "tick")])
+@pytest.mark.parametrize(("rate", "transactions"), [(100, "order"), (1000, "tick")])
 def test_simulator_writes_valid_orders_at_its_rate(store: str, rate: int, transactions: str) -> None:
     seeded_max, seeded_customers = _max_ids(store)["shop_order"], _max_ids(store)["shop_customer"]
     duration = 2.0
 
     stats = run_simulator(store, rate, duration, seed=5, dataset_dir=DATASET_DIR, transactions=transactions)
 
-    # A steady clock writes exactly rate x duration when the store keeps up; allow a loaded machine 10%.
-    assert rate * duration * 0.9 <= stats.orders <= rate * duration
+    # A steady clock writes exactly rate x duration when the store keeps up; allow a loaded machine 20%.
+    assert rate * duration * 0.8 <= stats.orders <= rate * duration
     assert stats.seconds == pytest.approx(duration, abs=0.5)
     assert stats.transactions_mode == transactions
     new_orders = f"(select id from shop_order where id > {seeded_max})"
