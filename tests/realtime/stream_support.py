@@ -8,6 +8,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,11 @@ def seed_small_store(store_url: str, customers: int = 200, orders: int = 300) ->
 
 @pytest.fixture
 def stream_env(pg_admin_url: str) -> Iterator[StreamEnv]:
-    yield from make_stream_env(pg_admin_url, pg_admin_url)
+    with make_stream_env(pg_admin_url, pg_admin_url) as env:
+        yield env
 
 
+@contextmanager
 def make_stream_env(store_admin_url: str, warehouse_admin_url: str) -> Iterator[StreamEnv]:
     """A seeded store database and an empty warehouse database; slot and databases dropped after."""
     suffix = uuid.uuid4().hex[:10]
