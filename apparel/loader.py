@@ -23,6 +23,7 @@ from psycopg import sql
 
 from apparel.readers import Extract, SourceError, open_extract
 from apparel.sources import LOAD_LOG_TABLE, RAW_SCHEMA, SOURCES, Source
+from apparel.store import mirror_ddl
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,27 @@ def file_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
+# The shop's mirror (raw_store), created empty when missing so dbt finds its sources even if the
+# stream never ran: the tables mirror_ddl() creates, named from its own statements.
+MIRROR_TABLES = re.findall(r"create table if not exists (\S+)", "\n".join(mirror_ddl()))
+
+
 def ensure_raw_schema(conn: psycopg.Connection) -> None:
     with conn.transaction():
         conn.execute(LOAD_LOG_DDL)
+        # One lookup when the mirror is there: mirror_ddl()'s `create index if not exists` would
+        # take a share lock on a mirror table before finding the index, and wait for the stream.
+        if _mirror_missing(conn):
+            # The ingest DAG loads in parallel: concurrent CREATEs of one table collide in the catalog.
+            conn.execute("select pg_advisory_xact_lock(hashtext('apparel raw_store ddl'))")
+            for statement in mirror_ddl():
+                conn.execute(statement)
+
+
+def _mirror_missing(conn: psycopg.Connection) -> bool:
+    return conn.execute(
+        "select bool_or(to_regclass(name) is null) from unnest(%s::text[]) as t(name)", (MIRROR_TABLES,)
+    ).fetchone()[0]
 
 
 def load_source(

@@ -1,7 +1,15 @@
-"""The `transform` DAG's parts: Cosmos configuration for the dbt project, and the marts as assets.
+"""The dbt DAGs' parts: Cosmos configuration for the dbt project, and the marts as assets.
 
-Cosmos reads the manifest that `make manifest` (`dbt parse`) writes, so parsing
-the DAG file never runs dbt or touches the database.
+`transform` builds and tests the whole project when the extracts change; `fresh_marts` rebuilds
+every minute only the tables downstream of the shop's streamed tables (raw_store). Cosmos reads
+the manifest that `make manifest` (`dbt parse`) writes, so parsing a DAG file never runs dbt or
+touches the database.
+
+The two must not build the same models at the same time. Both run their dbt tasks in the Airflow
+pool `dbt_warehouse` (created by `apparel.stack prepare` and `make airflow-init`): a transform
+task takes one of its slots, a fresh_marts task takes all of them. So the daily transform keeps
+its parallelism, and a fresh_marts task runs only when no dbt task of either DAG runs, and the
+other way round.
 """
 
 from __future__ import annotations
@@ -13,8 +21,13 @@ from airflow.sdk import Asset
 
 from apparel.config import load_settings
 from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env
+from apparel.store import MIRROR_SCHEMA, STORE_TABLES
 
 MARTS = ("dm_revenue_by_months", "dm_perfomance_product_by_cities")
+STREAMED_SOURCE = MIRROR_SCHEMA  # the dbt source of the mirror is named after its schema
+DBT_POOL = "dbt_warehouse"
+# As many slots as Airflow runs tasks at once (AIRFLOW__CORE__PARALLELISM in apparel.airflow_env).
+DBT_POOL_SLOTS = 4
 MARTS_ASSETS = [Asset(name=f"marts.{m}", uri=f"postgres://warehouse/marts/{m}") for m in MARTS]
 
 
@@ -58,5 +71,51 @@ def cosmos_configs() -> dict:
             "env": dbt_env(settings),
             "append_env": True,
             "install_deps": False,
+            # One slot of the pool it shares with fresh_marts (see the module's docstring).
+            "pool": DBT_POOL,
         },
     }
+
+
+def fresh_marts_configs() -> dict:
+    """Cosmos configuration of `fresh_marts`: only the tables downstream of the streamed tables.
+
+    Views (staging) are left out: they read raw_store as it is. Tests are left to the daily
+    `transform`: the fresh path rebuilds, it does not re-check. dbt runs inside the task's own
+    process (dbtRunner), which saves a Python start and dbt's imports per model.
+    """
+    from cosmos import ExecutionConfig, RenderConfig
+    from cosmos.constants import InvocationMode, LoadMode, TestBehavior
+
+    configs = cosmos_configs()
+    configs["render_config"] = RenderConfig(
+        load_method=LoadMode.DBT_MANIFEST,
+        # Everything downstream of each mirrored table (Cosmos names a source `<source>.<table>`).
+        select=[f"source:{STREAMED_SOURCE}.{table.name}+" for table in STORE_TABLES],
+        exclude=["config.materialized:view"],
+        test_behavior=TestBehavior.NONE,
+        emit_datasets=False,
+    )
+    configs["execution_config"] = ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER)
+    # All the pool's slots: no dbt task of `transform` runs beside a fresh_marts task.
+    configs["operator_args"] = {**configs["operator_args"], "pool_slots": DBT_POOL_SLOTS}
+    return configs
+
+
+def store_freshness():
+    """A Cosmos task running `dbt source freshness` on raw_store: it warns when the stream has not
+    written for 10 minutes and fails after an hour (thresholds in _raw_store__sources.yml). It only
+    reads, so it needs no slot of the dbt pool, and the models do not wait for it."""
+    from cosmos.constants import InvocationMode
+    from cosmos.operators.local import DbtSourceLocalOperator
+
+    configs = cosmos_configs()
+    operator_args = {k: v for k, v in configs["operator_args"].items() if k != "pool"}
+    return DbtSourceLocalOperator(
+        task_id="store_freshness",
+        project_dir=str(DBT_PROJECT_DIR),
+        profile_config=configs["profile_config"],
+        select=f"source:{STREAMED_SOURCE}",
+        invocation_mode=InvocationMode.DBT_RUNNER,
+        **operator_args,
+    )

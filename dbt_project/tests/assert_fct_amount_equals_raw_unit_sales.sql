@@ -1,16 +1,51 @@
--- Reconciliation: total amount in the fact equals total unit_sales in the raw extract.
+-- Reconciliation: total amount in the fact equals the total straight from the raw tables: the
+-- extract's unit_sales and the shop's mirrored amounts (the shop's line wins for the same id,
+-- deleted lines left out), without the lines of orders cancelled in the shop.
 with
 
-raw_lines as (
+extract_lines as (
     select * from {{ source('raw', 'order_details') }}
+),
+
+shop_lines as (
+    select * from {{ source('raw_store', 'shop_orderline') }}
+),
+
+shop_orders as (
+    select * from {{ source('raw_store', 'shop_order') }}
 ),
 
 facts as (
     select * from {{ ref('fct_transactions') }}
 ),
 
+raw_lines as (
+    select
+        order_id,
+        amount
+    from shop_lines
+    where _deleted_at is null
+    union all
+    select
+        order_id,
+        unit_sales as amount
+    from extract_lines
+    where not exists (
+        select 1 from shop_lines
+        where shop_lines.id = extract_lines.order_detail_id
+    )
+),
+
 raw_total as (
-    select coalesce(sum(unit_sales), 0) as total from raw_lines
+    select coalesce(sum(amount), 0) as total
+    from raw_lines
+    where not exists (
+        select 1 from shop_orders
+        where
+            shop_orders.id = raw_lines.order_id
+            and shop_orders.status = 'cancelled'
+            and shop_orders._deleted_at is null
+    )
 ),
 
 fact_total as (
@@ -19,7 +54,7 @@ fact_total as (
 
 final as (
     select
-        raw_total.total as raw_unit_sales,
+        raw_total.total as raw_amount,
         fact_total.total as fact_amount
     from raw_total
     cross join fact_total

@@ -1,9 +1,10 @@
--- Reconciliation: the fact holds exactly the staged order lines, no more, no fewer.
+-- Reconciliation: the fact holds exactly the staged order lines that are sales (all but those of
+-- cancelled orders), no more, no fewer.
 -- Returns the ids found on one side only (one full join: a single pass over both).
 with
 
 staged as (
-    select order_detail_id from {{ ref('stg_order_details') }}
+    select order_detail_id from {{ sold_order_lines() }} as sold
 ),
 
 facts as (
@@ -16,7 +17,7 @@ final as (
         facts.transaction_id,
         case
             when facts.transaction_id is null then 'missing from fct_transactions'
-            else 'not in stg_order_details'
+            else 'not a sold line of stg_order_details'
         end as problem
     from staged
     full outer join facts

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from apparel.dbt_runner import run_dbt
 from apparel.loader import load_source
 from apparel.sources import get_source
+from apparel.store import MIRROR_SCHEMA, STORE_TABLES_BY_NAME
 from tests.conftest import query, scalar  # noqa: F401  (re-exported for the dbt tests)
 
 
@@ -44,3 +46,23 @@ def reload(url: str, dataset_dir: Path, *sources: str) -> None:
     """Load a later extract of `sources`, replacing the raw tables as the ingest DAG does."""
     for name in sources:
         load_source(url, get_source(name), dataset_dir, force=True)
+
+
+def mirror(url: str, table: str, rows: list[dict], *, deleted: bool = False) -> None:
+    """Write row versions into raw_store as the stream does: upsert by id, bookkeeping columns set
+    (a tombstone when `deleted`); created_at and updated_at default to now."""
+    columns = STORE_TABLES_BY_NAME[table].column_names
+    names = ", ".join([*columns, "_lsn", "_store_committed_at", "_synced_at", "_deleted_at", "_batch_id"])
+    values = ", ".join(f"%({c})s" for c in columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in names.split(", ") if c != "id")
+    deleted_at = "now()" if deleted else "null"
+    with psycopg.connect(url) as conn:
+        now = conn.execute("select now()").fetchone()[0]
+        for row in rows:
+            row = {"created_at": now, "updated_at": now, **row}
+            conn.execute(
+                f"insert into {MIRROR_SCHEMA}.{table} ({names})"
+                f" values ({values}, '0/1', now(), now(), {deleted_at}, 1)"
+                f" on conflict (id) do update set {updates}",
+                row,
+            )

@@ -109,6 +109,10 @@ def test_build_from_scratch_holds_the_contract(dbt: Dbt) -> None:
         return found
 
     for mart in ("dm_revenue_by_months", "dm_perfomance_product_by_cities"):
-        raw_sources = {p.split(".")[-1] for p in upstream(f"model.apparel.{mart}") if p.startswith("source.")}
+        sources = upstream(f"model.apparel.{mart}")
+        raw_sources = {p.split(".")[-1] for p in sources if p.startswith("source.apparel.raw.")}
         # Every extract reaches both marts through staging, the dimensions and the fact.
         assert raw_sources == {source.name for source in SOURCES}, raw_sources
+        # So do the shop's order tables, mirrored by the stream.
+        store_sources = {p.split(".")[-1] for p in sources if p.startswith("source.apparel.raw_store.")}
+        assert {"shop_order", "shop_orderline"} <= store_sources, store_sources

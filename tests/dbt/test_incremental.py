@@ -4,12 +4,13 @@ result equals a full refresh."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.dbt.conftest import Dbt, query, reload, scalar
+from tests.dbt.conftest import Dbt, mirror, query, reload, scalar
 
 NEW_ORDERS = 25
 LATE_CUSTOMER = 900_001  # ordered in the later extract, delivered by the customers extract after that
@@ -134,3 +135,151 @@ def test_incremental_run_processes_only_new_and_changed_lines(dbt: Dbt, dataset_
     dbt("run", "--full-refresh", "--select", "fct_transactions")
     assert dbt.rows_affected("fct_transactions") == len(incremental)
     assert query(dbt.url, FACT) == incremental
+
+
+# ------------------------------------------------------------------------------ the shop's mirror
+
+SHOP_CUSTOMER = 900_002
+SHOP_CREATED_AT = "2023-01-02 08:30:00+07"  # a new year: dim_dates must grow to hold it
+
+
+def mirror_at(url: str, table: str, rows: list[dict], *, deleted: bool = False) -> None:
+    """Shop rows created (and last updated) at SHOP_CREATED_AT unless they say otherwise."""
+    rows = [{"created_at": SHOP_CREATED_AT, "updated_at": SHOP_CREATED_AT, **row} for row in rows]
+    mirror(url, table, rows, deleted=deleted)
+
+
+def extract_order(url: str, order_id: int) -> dict:
+    """An extract order as the shop's seed has it (created_at = the naive date at Jakarta time)."""
+    (row,) = query(
+        url,
+        "select order_id, (order_date::text || '+07')::timestamptz, customer_id, province_id, city_id"
+        " from raw.orders where order_id = %s",
+        (order_id,),
+    )
+    keys = ("id", "created_at", "customer_id", "province_id", "city_id")
+    return {**dict(zip(keys, row, strict=True)), "status": "delivered", "updated_at": row[1]}
+
+
+def extract_lines(url: str, order_id: int) -> list[dict]:
+    rows = query(
+        url,
+        "select order_detail_id, order_id, product_id, qty, item_price, unit_sales"
+        " from raw.order_details where order_id = %s order by order_detail_id",
+        (order_id,),
+    )
+    keys = ("id", "order_id", "product_id", "quantity", "unit_price", "amount")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def fact_ids(url: str, ids: list[int]) -> set[int]:
+    rows = query(
+        url, "select transaction_id from core.fct_transactions where transaction_id = any(%s)", (ids,)
+    )
+    return {r[0] for r in rows}
+
+
+@pytest.mark.slow
+def test_incremental_run_follows_the_shops_inserts_updates_deletes_and_cancels(dbt: Dbt) -> None:
+    # The loader created the mirror empty: the extracts alone build the model.
+    assert scalar(dbt.url, "select count(*) from raw_store.shop_orderline") == 0
+    dbt("build")
+    lines_before = scalar(dbt.url, "select count(*) from core.fct_transactions")
+    revenue_before = scalar(dbt.url, "select sum(revenue) from marts.dm_revenue_by_months")
+
+    # Extract orders the shop then changes: one line's quantity, one line deleted, one order cancelled.
+    updated_order, deleted_order, cancelled_order = 1, 2, 3
+    (updated_line,) = extract_lines(dbt.url, updated_order)[:1]
+    (deleted_line,) = extract_lines(dbt.url, deleted_order)[:1]
+    cancelled_lines = extract_lines(dbt.url, cancelled_order)
+    mirror_at(
+        dbt.url,
+        "shop_customer",
+        [{"id": SHOP_CUSTOMER, "first_name": " Sari ", "last_name": "Dewi", "gender": "female"}],
+    )
+    new_order = scalar(dbt.url, "select max(order_id) + 1 from raw.orders")
+    first_line = scalar(dbt.url, "select max(order_detail_id) + 1 from raw.order_details")
+    shop_order = {"id": new_order, "customer_id": SHOP_CUSTOMER, "province_id": 5, "city_id": 91}
+    mirror_at(
+        dbt.url,
+        "shop_order",
+        [
+            {**shop_order, "status": "paid"},
+            extract_order(dbt.url, updated_order),
+            {**extract_order(dbt.url, cancelled_order), "status": "cancelled"},
+        ],
+    )
+    new_lines = [
+        {
+            "id": first_line,
+            "order_id": new_order,
+            "product_id": 1,
+            "quantity": 2,
+            "unit_price": 280_000,
+            "amount": 560_000,
+        },
+        {
+            "id": first_line + 1,
+            "order_id": new_order,
+            "product_id": 42,
+            "quantity": 1,
+            "unit_price": 110_000,
+            "amount": 110_000,
+        },
+    ]
+    updated = {**updated_line, "quantity": updated_line["quantity"] + 1}
+    updated["amount"] = updated["quantity"] * updated["unit_price"]
+    mirror_at(dbt.url, "shop_orderline", [*new_lines, updated])
+    mirror_at(dbt.url, "shop_orderline", [deleted_line], deleted=True)
+
+    dbt("build")
+    # The merge wrote the two new lines and the changed one; the deleted and cancelled lines are gone.
+    assert dbt.rows_affected("fct_transactions") == len(new_lines) + 1
+    gone = [deleted_line["id"], *(line["id"] for line in cancelled_lines)]
+    assert fact_ids(dbt.url, gone) == set()
+    assert scalar(dbt.url, "select count(*) from core.fct_transactions") == lines_before + len(
+        new_lines
+    ) - len(gone)
+    (shop_row,) = query(
+        dbt.url,
+        "select f.order_date, f.date_key, c.customer_id, c.full_name, c.gender from core.fct_transactions f"
+        " join core.dim_customers c using (customer_key) where f.transaction_id = %s",
+        (first_line,),
+    )
+    assert shop_row == (datetime(2023, 1, 2, 8, 30), 20230102, SHOP_CUSTOMER, "Sari Dewi", "Female")
+    assert (
+        scalar(
+            dbt.url, "select quantity from core.fct_transactions where transaction_id = %s", (updated["id"],)
+        )
+        == updated["quantity"]
+    )
+    expected = (
+        revenue_before
+        + sum(line["amount"] for line in new_lines)
+        + updated["unit_price"]
+        - deleted_line["amount"]
+        - sum(line["amount"] for line in cancelled_lines)
+    )
+    assert scalar(dbt.url, "select sum(revenue) from marts.dm_revenue_by_months") == expected
+    assert (
+        scalar(
+            dbt.url, "select total_orders from marts.dm_revenue_by_months where month_start = '2023-01-01'"
+        )
+        == 1
+    )
+
+    # Later: the shop cancels its new order and the customer changes the updated line back.
+    mirror_at(
+        dbt.url,
+        "shop_order",
+        [{**shop_order, "status": "cancelled"}],
+    )
+    mirror_at(dbt.url, "shop_orderline", [updated_line])
+    dbt("build", "--select", "stg_orders+", "stg_order_details+")
+    assert dbt.rows_affected("fct_transactions") == 1
+    assert fact_ids(dbt.url, [line["id"] for line in new_lines]) == set()
+
+    incremental = query(dbt.url, FACT)
+    dbt("run", "--full-refresh", "--select", "fct_transactions")
+    assert query(dbt.url, FACT) == incremental
+    assert scalar(dbt.url, "select count(*) from core.fct_transactions") == lines_before - len(gone)

@@ -7,7 +7,8 @@
     that are new, whose source values changed (source_hash: md5 of the line and its order
     header), or whose dimension keys resolve differently now (a late-arriving customer, city
     or product that used to be unknown, a member gone, a price version snapshotted that
-    covers the order date). Lines gone from the extract are deleted by the post-hook. So an
+    covers the order date). Lines of cancelled orders are not sales and stay out. Lines gone
+    (from the extract, deleted or cancelled in the shop) are deleted by the post-hook. So an
     incremental run writes only what changed and ends equal to a full refresh; it still
     reads every line, which is the price of loads that replace whole tables.
 #}
@@ -19,14 +20,15 @@
         on_schema_change='fail',
         post_hook=[
             "{% if is_incremental() %}
-            -- after the merge the table holds every staged line, so it has more rows only
-            -- when lines were removed from the extract; the counts spare the scan otherwise
+            -- after the merge the table holds every sold line, so it has more rows only when
+            -- lines were removed (from the extract, deleted or cancelled in the shop); the
+            -- counts spare the scan otherwise
             delete from {{ this }} as fct
             where
                 (select count(*) from {{ this }})
-                > (select count(*) from {{ ref('stg_order_details') }})
+                > (select count(*) from {{ sold_order_lines() }} as sold)
                 and not exists (
-                    select 1 from {{ ref('stg_order_details') }} as lines
+                    select 1 from {{ sold_order_lines() }} as lines
                     where lines.order_detail_id = fct.transaction_id
                 )
             {% endif %}"
@@ -36,8 +38,9 @@
 
 with
 
+-- the staged lines without those of cancelled orders
 order_lines as (
-    select * from {{ ref('stg_order_details') }}
+    select * from {{ sold_order_lines() }} as sold
 ),
 
 orders as (

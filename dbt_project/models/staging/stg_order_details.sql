@@ -1,10 +1,19 @@
+{#
+    Order lines from the order_details extract and from the shop's own table as mirrored by the
+    stream. The shop's row wins for the same line id; a line deleted in the shop (tombstone) is
+    left out, its extract row too.
+#}
 with
 
-source as (
+extract_lines as (
     select * from {{ source('raw', 'order_details') }}
 ),
 
-renamed as (
+shop_lines as (
+    select * from {{ source('raw_store', 'shop_orderline') }}
+),
+
+extract_renamed as (
     select
         order_detail_id,
         order_id,
@@ -14,7 +23,30 @@ renamed as (
         -- the extract calls the line amount `unit_sales` (= qty x item_price)
         unit_sales as amount,
         _loaded_at as loaded_at
-    from source
+    from extract_lines
+    where not exists (
+        select 1 from shop_lines
+        where shop_lines.id = extract_lines.order_detail_id
+    )
+),
+
+shop_renamed as (
+    select
+        id as order_detail_id,
+        order_id,
+        product_id,
+        quantity,
+        unit_price,
+        amount,
+        _synced_at as loaded_at
+    from shop_lines
+    where _deleted_at is null
+),
+
+combined as (
+    select * from extract_renamed
+    union all
+    select * from shop_renamed
 )
 
-select * from renamed
+select * from combined

@@ -1,0 +1,111 @@
+"""The `fresh_marts` DAG (every minute, Cosmos) carries an order written into raw_store to the marts."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from apparel.config import PROJECT_ROOT
+from apparel.dbt_runner import run_dbt
+from apparel.transform import DBT_POOL, DBT_POOL_SLOTS
+from tests.conftest import airflow_dags_test, scalar
+from tests.dbt.conftest import mirror
+
+pytestmark = pytest.mark.slow
+
+# The tables downstream of raw_store: dimensions that read it, the fact, both marts. No views, no tests.
+FRESH_MODELS = {
+    "dim_customers",
+    "dim_dates",
+    "fct_transactions",
+    "dm_revenue_by_months",
+    "dm_perfomance_product_by_cities",
+}
+TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+).*?")
+
+
+def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> None:
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "airflow" / "dags"))
+    dag = bag.dags["fresh_marts"]
+    dbt_tasks = {t.task_id for t in dag.tasks if t.task_id.startswith("dbt.")}
+    assert dbt_tasks == {f"dbt.{m}_run" for m in FRESH_MODELS}
+    assert dag.timetable.expression == "* * * * *"
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert dag.get_task("dbt.dm_revenue_by_months_run").upstream_task_ids == {
+        "dbt.fct_transactions_run",
+        "dbt.dim_dates_run",
+    }
+    # Never beside a dbt task of `transform`: each fresh task takes every slot of the pool they share.
+    for task_id in dbt_tasks:
+        task = dag.get_task(task_id)
+        assert (task.pool, task.pool_slots) == (DBT_POOL, DBT_POOL_SLOTS)
+    assert {t.pool for t in bag.dags["transform"].tasks if t.task_id.startswith("dbt.")} == {DBT_POOL}
+    assert {o.name for o in dag.get_task("publish_marts").outlets} == {
+        "marts.dm_revenue_by_months",
+        "marts.dm_perfomance_product_by_cities",
+    }
+
+
+def test_a_shop_order_reaches_the_monthly_mart(airflow_env, loaded_db: str, tmp_path) -> None:
+    # The model as the daily transform leaves it (without its tests, which it runs itself).
+    built = run_dbt(
+        ["build", "--resource-type", "snapshot", "--resource-type", "model", "--quiet"],
+        url=loaded_db,
+        target_path=tmp_path / "dbt-target",
+        check=False,
+    )
+    assert built.returncode == 0
+    customer = scalar(loaded_db, "select max(customer_id) + 1 from raw.customers")
+    order = scalar(loaded_db, "select max(order_id) + 1 from raw.orders")
+    line = scalar(loaded_db, "select max(order_detail_id) + 1 from raw.order_details")
+    mirror(
+        loaded_db,
+        "shop_customer",
+        [{"id": customer, "first_name": "Budi", "last_name": "Santoso", "gender": "Male"}],
+    )
+    mirror(
+        loaded_db,
+        "shop_order",
+        [{"id": order, "customer_id": customer, "province_id": 5, "city_id": 91, "status": "paid"}],
+    )
+    mirror(
+        loaded_db,
+        "shop_orderline",
+        [
+            {
+                "id": line,
+                "order_id": order,
+                "product_id": 42,
+                "quantity": 3,
+                "unit_price": 110_000,
+                "amount": 330_000,
+            }
+        ],
+    )
+
+    run = airflow_dags_test(airflow_env, "fresh_marts", WAREHOUSE_URL=loaded_db)
+    assert run.returncode == 0, run.stdout[-5000:]
+    finished = re.search(r"DagRun Finished: .*?run_duration=([\d.]+), state=(\w+)", run.stdout)
+    assert finished and finished.group(2) == "success", run.stdout[-3000:]
+    # Well within the minute between two runs: an order reaches the marts within 2 minutes.
+    assert float(finished.group(1)) < 60, f"fresh_marts took {finished.group(1)} s"
+
+    with psycopg.connect(loaded_db) as conn:
+        month = conn.execute(
+            "select total_orders, revenue from marts.dm_revenue_by_months"
+            " where month_start = date_trunc('month', now() at time zone 'Asia/Jakarta')"
+        ).fetchone()
+        city = conn.execute(
+            "select revenue from marts.dm_perfomance_product_by_cities where city_id = 91 and product_id = 42"
+        ).fetchone()
+        fact = conn.execute(
+            "select f.amount, c.full_name from core.fct_transactions f"
+            " join core.dim_customers c using (customer_key) where f.transaction_id = %s",
+            (line,),
+        ).fetchone()
+    assert month == (1, 330_000)
+    assert fact == (330_000, "Budi Santoso")
+    assert city is not None and city[0] >= 330_000
