@@ -6,8 +6,8 @@ needs 2.x), so this module never imports it: it drives Superset through its comm
 
 1. `.env` gets a random SUPERSET_SECRET_KEY, SUPERSET_ADMIN_PASSWORD and SUPERSET_READER_PASSWORD
    when it has none (created from `.env.example` if missing);
-2. the read-only PostgreSQL role `superset_reader` (SELECT on `core` and `marts`, also on tables
-   created later) is created or updated on the warehouse;
+2. the read-only PostgreSQL role `superset_reader` (SELECT on `core`, `marts` and the shop's
+   real-time mirror `raw_store`, also on tables created later) is created or updated on the warehouse;
 3. the metadata database is prepared (migrations, roles, admin user) when it changed;
 4. gunicorn starts in the background (pid and log in $STATE_DIR/superset/) and answers /health;
 5. the YAML assets of `superset/assets/` are imported with the assets import, which overwrites:
@@ -60,7 +60,8 @@ REQUIREMENTS = PROJECT_ROOT / "requirements" / "superset.txt"
 
 # Generated into .env on first start when neither the environment nor .env has them.
 SECRET_SETTINGS = ("SUPERSET_SECRET_KEY", "SUPERSET_ADMIN_PASSWORD", "SUPERSET_READER_PASSWORD")
-READER_SCHEMAS = ("core", "marts")
+# The Sales dashboard reads core and marts; the Live orders dashboard the CDC stream's mirror raw_store.
+READER_SCHEMAS = ("core", "marts", "raw_store")
 ASSET_FOLDERS = ("databases", "datasets", "charts", "dashboards", "queries")
 BUNDLE_ROOT = "apparel_assets"
 
@@ -607,6 +608,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"pid {pid}, {rss_mb(pid):.0f} MB RSS" if pid else "")
     print(f"imported {count} asset files from {ASSETS_DIR.relative_to(PROJECT_ROOT)}/")
     print(f"Superset: {ss.base_url}/superset/dashboard/sales/")
+    print(f"live:     {ss.base_url}/superset/dashboard/live-orders/")
     print(f"login:    {ss.admin_user} / {ss.admin_password}   (from .env: SUPERSET_ADMIN_PASSWORD)")
     print(f"log:      {ss.log_file}")
     return 0

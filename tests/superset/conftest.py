@@ -4,14 +4,19 @@ The warehouse is a fresh database on the suite's own PostgreSQL, loaded with the
 and built with `dbt build`. Superset's metadata database sits on the same server (as it does on the
 embedded warehouse), Superset listens on a free port, and its state lives in a temporary folder:
 a developer's running Superset, `.env` and warehouse are never touched.
+
+The live dashboard reads `raw_store`, the stream's mirror of the shop; `live_store` fills it with
+orders of the last hour (some cancelled, some deleted), older orders, and stream batches.
 """
 
 from __future__ import annotations
 
+import random
 import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlunparse
 
@@ -21,6 +26,7 @@ import pytest
 from apparel.config import with_database
 from apparel.dbt_runner import run_dbt
 from apparel.embedded_pg import free_port
+from apparel.store import mirror_ddl
 from apparel.superset_setup import (
     SUPERSET_VENV,
     SupersetClient,
@@ -105,3 +111,106 @@ def superset(
     finally:
         stop_server(settings)
         _drop_database(pg_admin_url, metadata_db)
+
+
+@dataclass(frozen=True)
+class LiveStore:
+    """What `live_store` put into raw_store, as the live dashboard must show it."""
+
+    orders: int  # created in the last hour, neither cancelled nor deleted
+    revenue: int  # their lines' amounts, deleted lines left out
+    cancelled: int
+    batches: int
+
+
+def fill_raw_store(url: str, seed: int = 4) -> LiveStore:
+    """Orders, lines and stream batches as the CDC stream would have mirrored them, relative to now.
+
+    In the last hour: orders a minute to 45 minutes old (the dashboard's window is the current
+    minute and the 59 before it, so they stay inside while the suite runs), every 7th cancelled,
+    every 11th deleted (tombstone), every 9th line deleted. Outside it: orders two hours old.
+    """
+    rng = random.Random(seed)
+    with psycopg.connect(url) as conn:
+        for statement in mirror_ddl():
+            conn.execute(statement)
+        now = conn.execute("select now()").fetchone()[0]
+        cities = [
+            r[0] for r in conn.execute("select city_id from core.dim_locations order by city_id limit 8")
+        ]
+        if not cities:
+            raise RuntimeError("core.dim_locations is empty: the warehouse was not built")
+        base_id = conn.execute("select coalesce(max(id), 0) + 1000 from raw_store.shop_order").fetchone()[0]
+        first_customer = conn.execute(
+            "select coalesce(max(id), 0) + 1 from raw_store.shop_customer"
+        ).fetchone()[0]
+        customers = [
+            (first_customer + i, first, last, gender)
+            for i, (first, last, gender) in enumerate(
+                [("Ayu", "Lestari", "Female"), ("Budi", "Santoso", "Male"), ("Citra", "Wijaya", "Female")]
+            )
+        ]
+        conn.cursor().executemany(
+            "insert into raw_store.shop_customer (id, first_name, last_name, gender, created_at, updated_at,"
+            " _lsn, _store_committed_at, _synced_at) values (%s, %s, %s, %s, %s, %s, '0/1', %s, %s)",
+            [(*c, now - timedelta(days=30), now - timedelta(days=30), now, now) for c in customers],
+        )
+        orders, lines = [], []
+        expected_orders = expected_revenue = cancelled = 0
+        ages = [timedelta(minutes=1 + i * 1.25) for i in range(36)] + [timedelta(hours=2)] * 3
+        for i, age in enumerate(ages):
+            order_id = base_id + i
+            status = "cancelled" if i % 7 == 3 else rng.choice(("pending", "paid", "shipped"))
+            deleted = now - age / 2 if i % 11 == 5 else None
+            created = now - age
+            orders.append((order_id, rng.choice(customers)[0], rng.choice(cities), status, created, deleted))
+            amount = 0
+            for j in range(1 + i % 3):
+                quantity, price = 1 + (i + j) % 3, rng.choice((129_000, 249_000, 399_000))
+                line_deleted = now - age / 2 if (i + j) % 9 == 4 else None
+                lines.append(
+                    (order_id * 10 + j, order_id, quantity, price, quantity * price, created, line_deleted)
+                )
+                amount += quantity * price if line_deleted is None else 0
+            in_window = age < timedelta(hours=1) and deleted is None
+            cancelled += in_window and status == "cancelled"
+            if in_window and status != "cancelled":
+                expected_orders += 1
+                expected_revenue += amount
+        conn.cursor().executemany(
+            "insert into raw_store.shop_order (id, customer_id, province_id, city_id, status, created_at,"
+            " updated_at, _deleted_at, _lsn, _store_committed_at, _synced_at)"
+            " select %s, %s, l.province_id, %s, %s, %s, %s, %s, '0/1', %s, %s"
+            " from core.dim_locations as l where l.city_id = %s",
+            [
+                (oid, cust, city, status, at, at, deleted, at, at, city)
+                for oid, cust, city, status, at, deleted in orders
+            ],
+        )
+        conn.cursor().executemany(
+            "insert into raw_store.shop_orderline (id, order_id, product_id, quantity, unit_price, amount,"
+            " created_at, updated_at, _deleted_at, _lsn, _store_committed_at, _synced_at)"
+            " values (%s, %s, 1, %s, %s, %s, %s, %s, %s, '0/1', %s, %s)",
+            [(*line[:6], line[5], line[6], line[5], line[5]) for line in lines],
+        )
+        # One batch about every two minutes, the last one seconds ago; 1 to 5 transactions each.
+        batches = [
+            (
+                now - timedelta(minutes=2 * k, seconds=3),
+                [round(rng.uniform(20, 900), 1) for _ in range(1 + (k + 2) % 5)],
+            )
+            for k in range(22)
+        ]
+        conn.cursor().executemany(
+            "insert into raw_store._stream_batches (slot_name, lsn, transactions, changes,"
+            " first_store_commit, last_store_commit, committed_at, apply_ms, lag_ms)"
+            " values ('apparel_cdc', '0/1', %s, %s, %s, %s, %s, 4.2, %s)",
+            [(len(lag), 3 * len(lag), at, at, at, lag) for at, lag in reversed(batches)],
+        )
+    return LiveStore(expected_orders, expected_revenue, cancelled, len(batches))
+
+
+@pytest.fixture(scope="session")
+def live_store(superset: RunningSuperset) -> LiveStore:
+    """raw_store filled for the live dashboard (after dbt built the marts the Sales tests check)."""
+    return fill_raw_store(superset.warehouse_url)

@@ -1,8 +1,10 @@
-"""The Sales dashboard through Superset's REST API: every chart answers, and its figures are the marts'."""
+"""Both dashboards through Superset's REST API: every chart answers, and its figures are the
+warehouse's: the marts' for Sales, raw_store's (the shop's real-time mirror) for Live orders."""
 
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 import yaml
 
 from apparel.superset_setup import ASSETS_DIR, export_assets, import_assets
-from tests.superset.conftest import RunningSuperset
+from tests.superset.conftest import LiveStore, RunningSuperset
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +24,22 @@ def _uuids(kind: str) -> dict[str, str]:
     return {p.stem: str(yaml.safe_load(p.read_text())["uuid"]) for p in (ASSETS_DIR / kind).rglob("*.yaml")}
 
 
-CHART_UUIDS = _uuids("charts")
+def _dashboard_charts(slug: str) -> dict[str, str]:
+    """Chart file stem -> uuid of the charts a dashboard's committed YAML places."""
+    for path in (ASSETS_DIR / "dashboards").glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        if doc["slug"] == slug:
+            placed = {
+                i["meta"]["uuid"]
+                for i in doc["position"].values()
+                if isinstance(i, dict) and i.get("type") == "CHART"
+            }
+            return {stem: uuid for stem, uuid in _uuids("charts").items() if uuid in placed}
+    raise LookupError(f"no dashboard with slug {slug}")
+
+
+SALES_CHARTS = _dashboard_charts("sales")
+LIVE_CHARTS = _dashboard_charts("live-orders")
 
 
 def query(url: str, sql: str) -> list[tuple]:
@@ -34,17 +51,19 @@ def scalar(url: str, sql: str) -> Any:
     return query(url, sql)[0][0]
 
 
+def fetch_chart_data(superset: RunningSuperset, slug: str, charts: dict[str, str]) -> dict[str, list[dict]]:
+    """Each chart of a dashboard (by asset file stem): its queries' results from the data endpoint."""
+    client = superset.client
+    listed = client.get("/api/v1/chart/", params={"q": "(columns:!(id,uuid,slice_name),page_size:100)"})
+    by_uuid = {c["uuid"]: c["id"] for c in listed["result"]}
+    on_dashboard = {c["id"] for c in client.dashboard_charts(slug)}
+    assert on_dashboard == {by_uuid[u] for u in charts.values()}, f"{slug} holds exactly our charts"
+    return {stem: client.chart_data(by_uuid[uuid]) for stem, uuid in charts.items()}
+
+
 @pytest.fixture(scope="module")
 def chart_data(superset: RunningSuperset) -> dict[str, list[dict[str, Any]]]:
-    """Each chart of the dashboard (by asset file stem): its queries' results from the data endpoint."""
-    client = superset.client
-    charts = client.get("/api/v1/chart/", params={"q": "(columns:!(id,uuid,slice_name),page_size:100)"})
-    by_uuid = {c["uuid"]: c["id"] for c in charts["result"]}
-    on_dashboard = {c["id"] for c in client.dashboard_charts("sales")}
-    assert on_dashboard == {by_uuid[u] for u in CHART_UUIDS.values()}, (
-        "the dashboard holds exactly our charts"
-    )
-    return {stem: client.chart_data(by_uuid[uuid]) for stem, uuid in CHART_UUIDS.items()}
+    return fetch_chart_data(superset, "sales", SALES_CHARTS)
 
 
 def rows(
@@ -53,12 +72,16 @@ def rows(
     return chart_data[stem][query_index]["data"]
 
 
-def test_every_chart_returns_rows(chart_data: dict[str, list[dict[str, Any]]]) -> None:
-    assert len(chart_data) == 11
+def assert_every_chart_returns_rows(chart_data: dict[str, list[dict[str, Any]]]) -> None:
     for stem, results in chart_data.items():
         for result in results:
             assert result.get("error") is None, f"{stem}: {result.get('error')}"
             assert result["rowcount"] > 0, f"{stem} returned no rows"
+
+
+def test_every_chart_returns_rows(chart_data: dict[str, list[dict[str, Any]]]) -> None:
+    assert len(chart_data) == 11
+    assert_every_chart_returns_rows(chart_data)
 
 
 def test_kpis_equal_the_marts(superset: RunningSuperset, chart_data: dict) -> None:
@@ -173,10 +196,118 @@ def test_import_again_changes_nothing(superset: RunningSuperset, tmp_path: Path)
         }
 
     before = counts()
-    assert before == {"dashboard": 1, "chart": 11, "dataset": 3, "database": 1}
+    files = {kind: sum(1 for _ in (ASSETS_DIR / f"{kind}s").rglob("*.yaml")) for kind in before}
+    assert before == files == {"dashboard": 2, "chart": 19, "dataset": 7, "database": 1}
     import_assets(client, superset.settings)
     assert counts() == before
     # Exporting what was imported reproduces the committed YAML: `make superset-export` is a no-op.
     copy = tmp_path / "assets"
     shutil.copytree(ASSETS_DIR, copy)
     assert export_assets(client, superset.settings, copy) == []
+
+
+# ------------------------------------------------------------------------------------- Live orders
+
+# The dashboard's "last hour": the current minute and the 59 before it.
+WINDOW = "date_trunc('minute', now()) - interval '59 minutes'"
+
+
+@pytest.fixture(scope="module")
+def live_data(superset: RunningSuperset, live_store: LiveStore) -> dict[str, list[dict[str, Any]]]:
+    return fetch_chart_data(superset, "live-orders", LIVE_CHARTS)
+
+
+def test_live_every_chart_returns_rows(live_data: dict[str, list[dict[str, Any]]]) -> None:
+    assert len(live_data) == 8
+    assert_every_chart_returns_rows(live_data)
+
+
+def test_live_orders_and_revenue_equal_raw_store(
+    superset: RunningSuperset, live_store: LiveStore, live_data: dict
+) -> None:
+    """Cancelled orders, deleted orders and deleted lines are left out; orders older than the hour too."""
+    wh = superset.warehouse_url
+    orders = scalar(
+        wh,
+        "select count(*) from raw_store.shop_order"
+        f" where _deleted_at is null and status <> 'cancelled' and created_at >= {WINDOW}",
+    )
+    revenue = scalar(
+        wh,
+        "select sum(l.amount) from raw_store.shop_orderline as l"
+        " join raw_store.shop_order as o on o.id = l.order_id"
+        " where l._deleted_at is null and o._deleted_at is null and o.status <> 'cancelled'"
+        f" and o.created_at >= {WINDOW}",
+    )
+    assert (orders, revenue) == (live_store.orders, live_store.revenue), "what the fixture wrote"
+    assert rows(live_data, "live_kpi_orders") == [{"orders": orders}]
+    assert rows(live_data, "live_kpi_revenue") == [{"revenue": revenue}]
+
+    by_minute = rows(live_data, "live_orders_by_minute", 0)
+    revenue_by_minute = rows(live_data, "live_orders_by_minute", 1)
+    assert len(by_minute) == len(revenue_by_minute) == 60, "every minute of the hour, also without orders"
+    assert sum(r["orders"] for r in by_minute) == orders
+    assert sum(r["revenue"] for r in revenue_by_minute) == revenue
+    # Minutes in the shop's time (WIB); Superset sends naive timestamps as epoch milliseconds.
+    expected = dict(
+        query(
+            wh,
+            "select date_trunc('minute', created_at at time zone 'Asia/Jakarta'), count(*)"
+            " from raw_store.shop_order"
+            f" where _deleted_at is null and status <> 'cancelled' and created_at >= {WINDOW} group by 1",
+        )
+    )
+    charted = {epoch_ms(r["order_minute"]): r["orders"] for r in by_minute if r["orders"]}
+    assert charted == expected
+
+
+def epoch_ms(value: float) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC).replace(tzinfo=None)
+
+
+def test_latest_orders_are_the_last_twenty(superset: RunningSuperset, live_data: dict) -> None:
+    latest = query(
+        superset.warehouse_url,
+        "select o.id, o.status, coalesce(sum(l.amount) filter (where l._deleted_at is null), 0)"
+        " from raw_store.shop_order as o left join raw_store.shop_orderline as l on l.order_id = o.id"
+        " where o._deleted_at is null group by o.id order by o.created_at desc, o.id desc limit 20",
+    )
+    table = rows(live_data, "live_latest_orders")
+    assert [(r["order_id"], r["status"], r["amount"]) for r in table] == latest
+    assert all(r["city_name"] and r["customer_name"] for r in table), "names of city and customer"
+
+
+def test_stream_lag_equals_the_batches(superset: RunningSuperset, live_data: dict) -> None:
+    wh = superset.warehouse_url
+    p95, longest, age = query(
+        wh,
+        "select (select percentile_cont(0.95) within group (order by x) from unnest(lag_ms) as x),"
+        " (select max(x) from unnest(lag_ms) as x), extract(epoch from now() - committed_at)"
+        " from raw_store._stream_batches order by batch_id desc limit 1",
+    )[0]
+    assert rows(live_data, "live_kpi_lag_p95")[0]["last_p95_lag_ms"] == pytest.approx(p95)
+    assert rows(live_data, "live_kpi_lag_max")[0]["last_max_lag_ms"] == pytest.approx(longest)
+    assert rows(live_data, "live_kpi_batch_age")[0]["last_batch_age_s"] == pytest.approx(float(age), abs=30)
+
+    per_minute = dict(
+        query(
+            wh,
+            "select date_trunc('minute', b.committed_at at time zone 'Asia/Jakarta'), max(x)"
+            " from raw_store._stream_batches as b, unnest(b.lag_ms) as x"
+            f" where b.committed_at >= {WINDOW} group by 1",
+        )
+    )
+    charted = {epoch_ms(r["committed_at"]): r["max_lag_ms"] for r in rows(live_data, "live_stream_lag")}
+    assert charted == pytest.approx(per_minute)
+
+
+def test_reader_role_reads_raw_store_but_cannot_write(
+    superset: RunningSuperset, live_store: LiveStore
+) -> None:
+    with psycopg.connect(superset.reader_url()) as conn:
+        assert conn.execute("select count(*) from raw_store._stream_batches").fetchone()[0] > 0
+    with psycopg.connect(superset.reader_url()) as conn, pytest.raises(psycopg.Error) as error:
+        conn.execute("set transaction read write; delete from raw_store.shop_order")
+    assert isinstance(
+        error.value, psycopg.errors.InsufficientPrivilege | psycopg.errors.ReadOnlySqlTransaction
+    )

@@ -1,43 +1,60 @@
-"""The Sales dashboard in a real headless Chromium: log in through the form, every chart renders.
+"""Both dashboards in a real headless Chromium: log in through the form, every chart renders.
 
 Uses Debian's `chromium` (`make browser-deps`) driven by Playwright; Playwright's own browser
-download is not needed. The screenshot lands in the git-ignored test-artifacts/.
+download is not needed. The screenshots land in the git-ignored test-artifacts/.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+import psycopg
 import pytest
 
 from apparel.config import PROJECT_ROOT
-from tests.superset.conftest import RunningSuperset
+from tests.superset.conftest import LiveStore, RunningSuperset
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
-EXPECTED_CHARTS = 11
 
-# Per chart container: rendered when it holds a canvas (ECharts), an svg, or table rows.
+# Per chart: rendered when its container holds a canvas (ECharts), an svg, table rows or a big
+# number. (Looking inside the container: the chart's header has an svg icon of its own.)
 RENDER_STATE = """() => {
-  const charts = [...document.querySelectorAll('.dashboard-component-chart-holder')];
+  const drawn = '.chart-container canvas, .chart-container svg, .chart-container table tbody tr, '
+    + '.chart-container .header-line';
+  const charts = [...document.querySelectorAll('.dashboard-component-chart-holder')]
+    .filter(c => c.querySelector('.chart-container'));
   return {
     containers: document.querySelectorAll('.chart-container').length,
     loading: document.querySelectorAll('.loading').length,
-    rendered: charts.filter(c => c.querySelector('canvas, svg, table tbody tr')).length,
+    rendered: charts.filter(c => c.querySelector(drawn)).length,
     errors: [...document.querySelectorAll(
       '.dashboard-component-chart-holder [data-test="error-message"], '
       + '.dashboard-component-chart-holder .ant-alert-error, .dashboard-component-chart-holder .alert-danger'
     )].map(e => e.innerText.slice(0, 300)),
-    titles: charts.filter(c => !c.querySelector('canvas, svg, table tbody tr'))
+    titles: charts.filter(c => !c.querySelector(drawn))
       .map(c => (c.querySelector('.header-title') || c).innerText.slice(0, 80)),
   };
 }"""
 
 
-def test_dashboard_renders_every_chart(superset: RunningSuperset) -> None:
+@dataclass
+class Browser:
+    page: Any  # playwright's Page
+    errors: list[str] = field(default_factory=list)  # uncaught JavaScript errors
+
+
+@pytest.fixture
+def browser(superset: RunningSuperset) -> Iterator[Browser]:
+    """A Chromium page logged in through Superset's login form."""
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: run `make browser-deps`")
     from playwright.sync_api import sync_playwright
@@ -45,41 +62,137 @@ def test_dashboard_renders_every_chart(superset: RunningSuperset) -> None:
     settings = superset.settings
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
             # Superset's CSP forbids eval; Playwright's wait_for_function needs it.
-            context = browser.new_context(viewport={"width": 1600, "height": 1000}, bypass_csp=True)
+            context = chromium.new_context(viewport={"width": 1600, "height": 1000}, bypass_csp=True)
             page = context.new_page()
-            page_errors: list[str] = []
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-
+            logged_in = Browser(page)
+            page.on("pageerror", lambda e: logged_in.errors.append(str(e)))
             page.goto(f"{settings.base_url}/login/")
             page.fill("#username", settings.admin_user)
             page.fill("#password", settings.admin_password)
             page.click("[data-test=login-button]")
             page.wait_for_url(lambda url: "/login" not in url, timeout=30_000)
-
-            started = time.monotonic()
-            page.goto(f"{settings.base_url}/superset/dashboard/sales/")
-            page.wait_for_function(
-                f"""() => {{
-                  const s = ({RENDER_STATE})();
-                  return s.containers >= {EXPECTED_CHARTS} && s.loading === 0
-                    && (s.rendered >= {EXPECTED_CHARTS} || s.errors.length > 0);
-                }}""",
-                timeout=90_000,
-            )
-            state = page.evaluate(RENDER_STATE)
-            text = page.inner_text("body")
-            seconds = time.monotonic() - started
-            page.screenshot(path=str(ARTIFACTS / "superset-sales.png"), full_page=True)
+            yield logged_in
         finally:
-            browser.close()
+            chromium.close()
 
+
+def open_dashboard(page: Any, base_url: str, slug: str, charts: int) -> tuple[str, float]:
+    """Open a dashboard, wait until each of its `charts` charts has drawn or failed, assert none
+    failed, save a screenshot. Returns the page's text and the seconds it took."""
+    started = time.monotonic()
+    page.goto(f"{base_url}/superset/dashboard/{slug}/")
+    wait_rendered(page, charts)
+    seconds = time.monotonic() - started
+    page.screenshot(path=str(ARTIFACTS / f"superset-{slug}.png"), full_page=True)
+    assert_all_rendered(page.evaluate(RENDER_STATE), charts)
+    return page.inner_text("body"), seconds
+
+
+def wait_rendered(page: Any, charts: int, timeout: float = 90_000) -> None:
+    page.wait_for_function(
+        f"""() => {{
+          const s = ({RENDER_STATE})();
+          return s.containers >= {charts} && s.loading === 0
+            && (s.rendered >= {charts} || s.errors.length > 0);
+        }}""",
+        timeout=timeout,
+    )
+
+
+def assert_all_rendered(state: dict[str, Any], charts: int) -> None:
     assert state["errors"] == [], state["errors"]
-    assert state["containers"] == EXPECTED_CHARTS
-    assert state["rendered"] == EXPECTED_CHARTS, f"not rendered: {state['titles']}"
-    assert page_errors == []
+    assert state["containers"] == charts
+    assert state["rendered"] == charts, f"not rendered: {state['titles']}"
+
+
+def test_sales_dashboard_renders_every_chart(superset: RunningSuperset, browser: Browser) -> None:
+    text, seconds = open_dashboard(browser.page, superset.settings.base_url, "sales", 11)
+    assert browser.errors == []
     assert "Django Apparel: Sales" in text
     assert "Rp 22,746,740,000" in text, "revenue KPI in rupiah with thousands separators"
-    print(f"dashboard rendered {EXPECTED_CHARTS} charts in {seconds:.1f} s")
+    print(f"sales dashboard rendered 11 charts in {seconds:.1f} s")
+
+
+def big_number(page: Any, chart_name: str) -> str:
+    return page.inner_text(f'[data-test-chart-name="{chart_name}"] .header-line')
+
+
+def wait_text(page: Any, selector: str, expected: str, timeout: float = 15_000) -> None:
+    """Wait until the first element `selector` finds shows `expected`."""
+    page.wait_for_function(
+        """([selector, expected]) => {
+          const e = document.querySelector(selector);
+          return e !== null && e.innerText.trim() === expected;
+        }""",
+        arg=[selector, expected],
+        timeout=timeout,
+    )
+
+
+def test_live_dashboard_renders_and_refreshes_itself(
+    superset: RunningSuperset, live_store: LiveStore, browser: Browser
+) -> None:
+    """Every chart renders; then a new order reaches the screen by the dashboard's own refresh."""
+    page = browser.page
+    data_requests: list[int] = []  # slice ids, in the order the page asked for their data
+    page.on(
+        "request",
+        lambda r: (
+            data_requests.append(json.loads(parse_qs(urlparse(r.url).query)["form_data"][0])["slice_id"])
+            if "/api/v1/chart/data" in r.url
+            else None
+        ),
+    )
+    text, seconds = open_dashboard(page, superset.settings.base_url, "live-orders", 8)
+    assert "Django Apparel: Live orders" in text
+    assert big_number(page, "Orders, last hour") == f"{live_store.orders:,}"
+    assert big_number(page, "Revenue, last hour") == f"Rp {live_store.revenue:,}"
+    first_load = len(data_requests)
+    charts = set(data_requests)
+    assert len(charts) == 8
+    page.evaluate("() => { window.notReloaded = true; }")
+
+    # The shop takes an order: without a reload, the next timed refresh (10 s) shows it.
+    with psycopg.connect(superset.warehouse_url) as conn:
+        order_id = conn.execute(
+            "insert into raw_store.shop_order (id, customer_id, province_id, city_id, status, created_at,"
+            " updated_at, _lsn) select max(id) + 1, 1, 0, 0, 'paid', now(), now(), '0/2'"
+            " from raw_store.shop_order returning id"
+        ).fetchone()[0]
+        conn.execute(
+            "insert into raw_store.shop_orderline (id, order_id, product_id, quantity, unit_price, amount,"
+            " created_at, updated_at, _lsn) select max(id) + 1, %s, 1, 2, 150000, 300000, now(), now(), '0/2'"
+            " from raw_store.shop_orderline",
+            (order_id,),
+        )
+    try:
+        refresh_started = time.monotonic()
+        orders_kpi = '[data-test-chart-name="Orders, last hour"] .header-line'
+        wait_text(page, orders_kpi, f"{live_store.orders + 1:,}", timeout=40_000)
+        refresh_seconds = time.monotonic() - refresh_started
+        # The other charts refresh a moment later: the dashboard staggers its requests.
+        revenue_kpi = '[data-test-chart-name="Revenue, last hour"] .header-line'
+        wait_text(page, revenue_kpi, f"Rp {live_store.revenue + 300_000:,}")
+        wait_text(page, '[data-test-chart-name="Latest orders"] tbody tr td', str(order_id))
+        # Playwright hands over request events while it waits: wait until each chart asked again.
+        deadline = time.monotonic() + 15
+        while set(data_requests[first_load:]) != charts and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        wait_rendered(page, 8)
+        state = page.evaluate(RENDER_STATE)
+    finally:
+        with psycopg.connect(superset.warehouse_url) as conn:
+            conn.execute("delete from raw_store.shop_orderline where order_id = %s", (order_id,))
+            conn.execute("delete from raw_store.shop_order where id = %s", (order_id,))
+
+    assert_all_rendered(state, 8)
+    assert set(data_requests[first_load:]) == charts, "every chart asked for its data again"
+    assert page.evaluate("() => window.notReloaded === true"), "refreshed in place, not reloaded"
+    assert browser.errors == []
+    print(
+        f"live dashboard rendered 8 charts in {seconds:.1f} s; a new order was on screen "
+        f"{refresh_seconds:.1f} s later, by the automatic refresh ({len(data_requests)} data requests)"
+    )

@@ -60,7 +60,7 @@ def test_bundle_points_the_connection_at_the_configured_warehouse() -> None:
         database = yaml.safe_load(bundle.read(db_file))
     assert database["sqlalchemy_uri"] == "postgresql+psycopg2://reader@db.internal:6543/dwh"
     assert "pw" not in database["sqlalchemy_uri"]
-    assert sum("/charts/" in n for n in names) == 11
+    assert sum("/charts/" in n for n in names) == sum(1 for _ in (ASSETS_DIR / "charts").glob("*.yaml")) == 19
 
 
 def test_assets_link_by_uuid_and_charts_can_answer_the_data_endpoint() -> None:
@@ -72,14 +72,19 @@ def test_assets_link_by_uuid_and_charts_can_answer_the_data_endpoint() -> None:
     for chart in charts.values():
         assert str(chart["dataset_uuid"]) in datasets
         assert json.loads(chart["query_context"])["queries"], f"{chart['slice_name']} needs a query_context"
-    [dashboard] = [d for p, d in docs.items() if p.parent.name == "dashboards"]
-    assert dashboard["slug"] == "sales"
+    dashboards = {d["slug"]: d for p, d in docs.items() if p.parent.name == "dashboards"}
+    assert set(dashboards) == {"sales", "live-orders"}
     placed = {
-        i["meta"]["uuid"]
-        for i in dashboard["position"].values()
-        if isinstance(i, dict) and "uuid" in i.get("meta", {})
+        slug: {
+            i["meta"]["uuid"]
+            for i in dashboard["position"].values()
+            if isinstance(i, dict) and "uuid" in i.get("meta", {})
+        }
+        for slug, dashboard in dashboards.items()
     }
-    assert placed == set(charts)
+    assert placed["sales"] | placed["live-orders"] == set(charts), "every chart is on a dashboard"
+    assert not placed["sales"] & placed["live-orders"]
+    dashboard = dashboards["sales"]
     filters = {f["name"] for f in dashboard["metadata"]["native_filter_configuration"]}
     assert filters == {"Province", "Category", "Month"}
 
@@ -105,3 +110,22 @@ def test_export_normalisation_replaces_instance_ids() -> None:
     out = normalize_asset("charts", chart, {})
     assert out["params"] == {"datasource": "0__table"}
     assert json.loads(out["query_context"])["datasource"] == {"id": 0, "type": "table"}
+
+
+def test_live_dashboard_refreshes_itself_and_reads_raw_store() -> None:
+    docs = [yaml.safe_load(p.read_text()) for p in ASSETS_DIR.rglob("*.yaml")]
+    [live] = [d for d in docs if d.get("slug") == "live-orders"]
+    # Read by the dashboard page on open: it starts refreshing every chart at this interval.
+    assert 10 <= live["metadata"]["refresh_frequency"] <= 30
+    assert live["metadata"]["timed_refresh_immune_slices"] == []
+    placed = {
+        i["meta"]["uuid"]
+        for i in live["position"].values()
+        if isinstance(i, dict) and "uuid" in i.get("meta", {})
+    }
+    datasets = {str(d["uuid"]): d for d in docs if "table_name" in d}
+    for chart in (d for d in docs if str(d.get("uuid")) in placed):
+        dataset = datasets[str(chart["dataset_uuid"])]
+        assert dataset["schema"] == "raw_store" and "raw_store." in dataset["sql"], chart["slice_name"]
+        # Live data: Superset's results cache (5 minutes) must not serve it.
+        assert dataset["cache_timeout"] == -1, dataset["table_name"]
