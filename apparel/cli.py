@@ -60,6 +60,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_store(args: argparse.Namespace) -> int:
     """The shop's database: create and seed it, show its tables, or rebuild it."""
+    from apparel.readers import SourceError
     from apparel.store import StoreError, ensure_store, reset_store, store_status
 
     settings = load_settings()
@@ -84,7 +85,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         for status in store_status(settings.store_url):
             table.add_row(status.table, f"{status.rows:,}", _cell(status.max_id))
         console.print(table)
-    except StoreError as e:
+    except (StoreError, SourceError) as e:
         console.print(f"[red]{e}[/red]")
         return 1
     return 0

@@ -233,10 +233,25 @@ def ensure_store(store_url: str, dataset_dir: Path, *, create_database: bool = T
     never create databases on a server we do not manage. Returns the rows seeded (0 when the store
     already had data). Safe to call again and from several processes at once.
     """
+    return _build_store(store_url, dataset_dir, create_database=create_database, drop=False)
+
+
+def reset_store(store_url: str, dataset_dir: Path, *, create_database: bool = True) -> int:
+    """Drop the shop's tables and seed them again (development only: the shop's own rows are lost).
+
+    One transaction: when the seed fails, the old tables and rows are still there.
+    """
+    return _build_store(store_url, dataset_dir, create_database=create_database, drop=True)
+
+
+def _build_store(store_url: str, dataset_dir: Path, *, create_database: bool, drop: bool) -> int:
     if create_database:
         create_store_database(store_url)
     with connect_store(store_url) as conn, conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (_SEED_LOCK,))
+        if drop:
+            for table in reversed(STORE_TABLES):
+                conn.execute(f"drop table if exists {table.name} cascade")
         for statement in store_ddl():
             conn.execute(statement)
         if _store_has_rows(conn):
@@ -273,10 +288,26 @@ def seed_store(conn: psycopg.Connection, dataset_dir: Path) -> int:
     through the loader's reader into a temporary table with COPY, then into the shop's table with one
     INSERT ... SELECT, so the dataset's ids are kept and the shop's columns are filled in SQL.
     """
-    staged = {name: _stage_extract(conn, get_source(name), dataset_dir) for name in _SEED_SOURCES}
+    staged: dict[str, str] = {}
+    read: dict[str, int] = {}
+    for name in _SEED_SOURCES:
+        staged[name], read[name] = _stage_extract(conn, get_source(name), dataset_dir)
     seeded = 0
-    for statement in _SEED_INSERTS:
-        seeded += conn.execute(statement.format(**staged)).rowcount
+    for name, statement in _SEED_INSERTS:
+        source = get_source(name)
+        try:
+            inserted = conn.execute(statement.format(**staged)).rowcount
+        except psycopg.errors.IntegrityError as e:  # a duplicate id in the extract
+            detail = f" ({e.diag.message_detail})" if e.diag.message_detail else ""
+            raise StoreError(f"{source.file}: {e.diag.message_primary}{detail}") from None
+        if inserted < read[name]:
+            # The shop's foreign keys cannot hold an orphan (the raw layer keeps them, with a warning).
+            log.warning(
+                "%s: %s row(s) left out of the store: their customer or order is not in the extracts",
+                source.file,
+                f"{read[name] - inserted:,}",
+            )
+        seeded += inserted
     # New rows the shop writes get ids after the dataset's.
     for table in STORE_TABLES:
         next_id = conn.execute(f"select coalesce(max(id), 0) + 1 from {table.name}").fetchone()[0]
@@ -291,30 +322,41 @@ def seed_store(conn: psycopg.Connection, dataset_dir: Path) -> int:
 
 _SEED_SOURCES = ("customers", "orders", "order_details")
 
-# Filled with the staging tables' names. A customer's created_at is their first order (else now()).
-_SEED_INSERTS = (
-    f"""insert into shop_customer (id, first_name, last_name, gender, created_at, updated_at)
+# (source, statement) in dependency order, formatted with the staging tables' names. A customer's
+# created_at is their first order (else now()); orphans are left out (the shop's FKs cannot hold them).
+_SEED_INSERTS: tuple[tuple[str, str], ...] = (
+    (
+        "customers",
+        f"""insert into shop_customer (id, first_name, last_name, gender, created_at, updated_at)
 select c.customer_id, c.first_name, c.last_name, c.gender,
        coalesce(f.first_at, now()), coalesce(f.first_at, now())
 from {{customers}} c
 left join (select customer_id, min(order_date) at time zone '{SHOP_TIMEZONE}' as first_at
            from {{orders}} group by customer_id) f using (customer_id)
 order by c.customer_id""",
-    f"""insert into shop_order (id, customer_id, province_id, city_id, status, created_at, updated_at)
+    ),
+    (
+        "orders",
+        f"""insert into shop_order (id, customer_id, province_id, city_id, status, created_at, updated_at)
 select order_id, customer_id, province_id, city_id, 'delivered',
        order_date at time zone '{SHOP_TIMEZONE}', order_date at time zone '{SHOP_TIMEZONE}'
-from {{orders}} order by order_id""",
-    """insert into shop_orderline
+from {{orders}} o where exists (select from shop_customer c where c.id = o.customer_id)
+order by order_id""",
+    ),
+    (
+        "order_details",
+        """insert into shop_orderline
     (id, order_id, product_id, quantity, unit_price, amount, created_at, updated_at)
 select d.order_detail_id, d.order_id, d.product_id, d.qty, d.item_price, d.unit_sales,
        o.created_at, o.created_at
 from {order_details} d join shop_order o on o.id = d.order_id
 order by d.order_detail_id""",
+    ),
 )
 
 
-def _stage_extract(conn: psycopg.Connection, source: Source, dataset_dir: Path) -> str:
-    """COPY one extract into a temporary table typed like its raw table; returns the table's name."""
+def _stage_extract(conn: psycopg.Connection, source: Source, dataset_dir: Path) -> tuple[str, int]:
+    """COPY one extract into a temporary table typed like its raw table; returns its name and rows."""
     from apparel.loader import _check_columns, _copy_error, _create_table_sql
 
     extract = open_extract(source, dataset_dir / source.file)
@@ -328,12 +370,14 @@ def _stage_extract(conn: psycopg.Connection, source: Source, dataset_dir: Path) 
         staging, sql.SQL(", ").join(map(sql.Identifier, copy_columns))
     )
     try:
-        with conn.cursor().copy(copy_sql) as copy:
-            for chunk in extract.chunks:
-                copy.write(chunk)
+        with conn.cursor() as cur:
+            with cur.copy(copy_sql) as copy:
+                for chunk in extract.chunks:
+                    copy.write(chunk)
+            rows = cur.rowcount
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
         raise _copy_error(source, extract, e) from None
-    return f"pg_temp.{name}"
+    return f"pg_temp.{name}", rows
 
 
 def _store_has_rows(conn: psycopg.Connection) -> bool:
@@ -347,17 +391,6 @@ def store_status(store_url: str) -> list[TableStatus]:
             TableStatus(t.name, *conn.execute(f"select count(*), max(id) from {t.name}").fetchone())
             for t in STORE_TABLES
         ]
-
-
-def reset_store(store_url: str, dataset_dir: Path, *, create_database: bool = True) -> int:
-    """Drop the shop's tables and build them again from the dataset (development only: loses shop data)."""
-    if create_database:
-        create_store_database(store_url)
-    with connect_store(store_url) as conn, conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (_SEED_LOCK,))
-        for table in reversed(STORE_TABLES):
-            conn.execute(f"drop table if exists {table.name} cascade")
-    return ensure_store(store_url, dataset_dir, create_database=False)
 
 
 class StoreError(Exception):

@@ -32,7 +32,7 @@ def _seeded_max_order_id(url: str) -> int:
     return _max_ids(url)["shop_order"]
 
 
-@pytest.mark.parametrize(("rate", "transactions"), [(100, "order"), (1000, "tick")])
+@pytest.mark.parametrize(("rate", "transactions"), [(100, "auto"), (1000, "tick")])
 def test_simulator_writes_valid_orders_at_its_rate(store: str, rate: int, transactions: str) -> None:
     seeded_max, seeded_customers = _max_ids(store)["shop_order"], _max_ids(store)["shop_customer"]
     duration = 2.0

@@ -97,6 +97,29 @@ def test_a_bad_extract_leaves_no_half_seeded_store(fresh_db: str, dataset_copy: 
     assert ensure_store(fresh_db, DATASET_DIR) > 0
 
 
+def test_orphans_are_left_out_and_duplicate_ids_named(
+    fresh_db: str, dataset_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    details = dataset_copy / "order_details.csv"
+    lines = _csv_rows(details)
+    with details.open("a") as f:
+        f.write("999999999,888888888,1,2,280000,560000\n")  # an order line whose order is not in orders.csv
+
+    ensure_store(fresh_db, dataset_copy)
+
+    assert scalar(fresh_db, "select count(*) from shop_orderline") == len(lines)
+    assert "order_details.csv: 1 row(s) left out of the store" in caplog.text
+
+    orders = dataset_copy / "orders.csv"
+    with orders.open("a") as f:
+        f.write(orders.read_text().splitlines()[1] + "\n")  # the first order again
+    before = _store_fingerprint(fresh_db)
+    with pytest.raises(StoreError, match=r"orders.csv: duplicate key value .*\(id\)=\(1\) already exists"):
+        reset_store(fresh_db, dataset_copy, create_database=False)
+    # The reset is one transaction: the store is as it was.
+    assert _store_fingerprint(fresh_db) == before
+
+
 def test_reset_rebuilds_the_seeded_store(fresh_db: str) -> None:
     ensure_store(fresh_db, DATASET_DIR)
     before = _store_fingerprint(fresh_db)
