@@ -11,6 +11,8 @@
 
 SUPERSET ?= 1
 DOCS ?= 1
+# The shop simulator runs with SIMULATE=1 (.env or the command line), as under `make up`.
+SIMULATE ?= $(or $(call dotenv,SIMULATE),0)
 STACK_FLAGS := $(if $(filter 0,$(SUPERSET)),--no-superset) $(if $(filter 0,$(DOCS)),--no-docs)
 
 .PHONY: up stack-down status logs up-docker down-docker
@@ -30,7 +32,7 @@ logs: ## follow the stack's log (all services, one prefix each)
 # Containers: the same .env, the same commands (python -m apparel.stack run <service>).
 up-docker: venv .env ## the same stack with Docker Compose (needs a Docker engine)
 	@$(BIN)/python -m apparel.stack secrets --docker
-	docker compose up -d --build --wait
+	COMPOSE_PROFILES=$(if $(filter 1,$(SIMULATE)),simulator) docker compose up -d --build --wait
 	@docker compose ps
 
 down-docker: ## stop the containers (volumes are kept)

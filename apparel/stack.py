@@ -11,6 +11,8 @@ then honcho supervises every other service from the repository's `Procfile`:
 | airflow-triggerer     | deferred tasks                              | (reported by the api-server)     |
 | superset              | gunicorn serving Superset                   | /health                          |
 | dbt-docs              | `dbt docs generate`, then `dbt docs serve`  | /index.html                      |
+| stream                | `apparel stream`: the shop's CDC stream     | its replication slot is active   |
+| simulator             | `apparel simulate` (only with SIMULATE=1)   | the store got an order recently  |
 
 Each Procfile line is `python -m apparel.stack run <service>`: the environment and the command of a
 service are computed here (and nowhere else), so honcho, Docker Compose and people agree. Airflow's
@@ -68,7 +70,9 @@ STACK_ID_VAR = "APPAREL_STACK_ID"
 SERVICE_VAR = "APPAREL_STACK_SERVICE"
 
 AIRFLOW_SERVICES = ("airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
-ALL_SERVICES = (*AIRFLOW_SERVICES, "superset", "dbt-docs")
+ALL_SERVICES = (*AIRFLOW_SERVICES, "superset", "dbt-docs", "stream", "simulator")
+# Runs only when SIMULATE=1 (.env or environment), at SIMULATE_RATE orders per second.
+OPTIONAL_SERVICES = ("simulator",)
 
 # Written into .env (mode 600) when set neither in the environment nor in .env. The Airflow ones use
 # Airflow's own variable names, so Docker Compose hands the same `.env` to the official images as is.
@@ -298,8 +302,21 @@ def run_service(name: str) -> None:
         _exec([*argv, "--no-browser"], env, name, cwd=DBT_PROJECT_DIR)
     elif name == "superset":
         _run_superset(st)
+    elif name == "stream":
+        # Always on: mirrors the shop's database into raw_store (settings: STORE_URL, STREAM_*).
+        _exec([str(VENV_BIN / "apparel"), "stream"], _service_env(), name)
+    elif name == "simulator":
+        rate = st.settings.get("SIMULATE_RATE", "5")
+        argv = [str(VENV_BIN / "apparel"), "simulate", "--rate", rate, "--duration", "0"]
+        _exec(argv, _service_env(), name)
     else:
         raise SystemExit(f"unknown service {name!r}; one of {', '.join(ALL_SERVICES)}")
+
+
+def _service_env() -> dict[str, str]:
+    """The stream's and the simulator's environment: they read the project's settings themselves."""
+    path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 def _run_superset(st: StackSettings) -> None:
@@ -347,6 +364,46 @@ def airflow_health(st: StackSettings) -> tuple[bool, str]:
     return not bad, "healthy" if not bad else f"waiting for {', '.join(bad)}"
 
 
+def stream_health(st: StackSettings) -> tuple[bool, str]:
+    """The stream holds its replication slot (a walsender serves it) and `apparel stream status`
+    has no warning (slot present, WAL held back under STREAM_WAL_WARN_MB)."""
+    from apparel import stream
+
+    settings = st.settings
+    try:
+        status = stream.stream_status(
+            settings.store_url,
+            settings.warehouse_url,
+            settings.get("STREAM_SLOT", stream.DEFAULT_SLOT),
+            wal_warn_mb=float(settings.get("STREAM_WAL_WARN_MB", str(stream.DEFAULT_WAL_WARN_MB))),
+        )
+    except Exception as e:  # any failure to ask is "not healthy (yet)", with its reason
+        return False, f"{type(e).__name__}: {str(e).strip()[:120]}"
+    if status.warnings:
+        return False, status.warnings[0]
+    if not status.slot_active:
+        return False, f"slot {status.slot} is not active"
+    age = f", last batch {status.last_batch_age_s:.0f} s ago" if status.last_batch_age_s is not None else ""
+    return True, f"slot active, {status.changes_per_s:,.0f} changes/s{age}"
+
+
+def simulator_health(st: StackSettings) -> tuple[bool, str]:
+    """The store got an order within the last few expected inter-arrival times (at least 10 s)."""
+    import psycopg
+
+    rate = float(st.settings.get("SIMULATE_RATE", "5"))
+    window = max(10.0, 20 / rate) if rate > 0 else float("inf")
+    try:
+        with psycopg.connect(st.settings.store_url, connect_timeout=3) as conn:
+            newest = "select extract(epoch from now() - max(created_at)) from shop_order"
+            age = conn.execute(newest).fetchone()[0]
+    except psycopg.Error as e:
+        return False, f"{type(e).__name__}: {str(e).strip()[:120]}"
+    if age is None or float(age) > window:
+        return False, "no order in the store for " + ("ever" if age is None else f"{float(age):.0f} s")
+    return True, f"last order {float(age):.1f} s ago"
+
+
 def http_ok(url: str) -> tuple[bool, str]:
     try:
         code = requests.get(url, timeout=3).status_code
@@ -364,6 +421,10 @@ def service_checks(st: StackSettings, services: list[str]) -> dict[str, Callable
         checks["superset"] = lambda: http_ok(f"{st.superset().base_url}/health")
     if "dbt-docs" in services:
         checks["dbt-docs"] = lambda: http_ok(f"{st.docs_url}/index.html")
+    if "stream" in services:
+        checks["stream"] = lambda: stream_health(st)
+    if "simulator" in services:
+        checks["simulator"] = lambda: simulator_health(st)
     return checks
 
 
@@ -525,19 +586,49 @@ def generate_secrets(*, superset: bool = True, docker: bool = False) -> list[str
     return written
 
 
+def default_services(st: StackSettings) -> list[str]:
+    """Every service, the simulator only with SIMULATE=1."""
+    simulate = st.settings.get("SIMULATE", "0") == "1"
+    return [s for s in ALL_SERVICES if simulate or s not in OPTIONAL_SERVICES]
+
+
+def _ensure_store(st: StackSettings) -> None:
+    """The shop's database, created and seeded from the dataset when empty (`apparel store init`),
+    before the stream starts: its first start copies the store's tables into raw_store."""
+    from urllib.parse import urlparse
+
+    from apparel.store import ensure_store
+
+    settings = st.settings
+    store, warehouse = urlparse(settings.store_url), urlparse(settings.warehouse_url)
+    # Its database is created on the warehouse's server (the stack manages it, as Airflow's);
+    # a STORE_URL elsewhere is someone else's server: tables only.
+    same_server = (store.hostname, store.port) == (warehouse.hostname, warehouse.port)
+    seeded = ensure_store(settings.store_url, settings.dataset_dir, create_database=same_server)
+    log.info("store ready (%s)", f"{seeded:,} rows seeded" if seeded else "it already had data")
+
+
 def prepare(st: StackSettings) -> None:
     """What the services need before they start, on a running warehouse (idempotent): Airflow's
-    database and migrations, its users file, the dbt manifest. `make up` and Compose's init run it."""
+    database and migrations, its users file, its dbt pool, the dbt manifest, the shop's database.
+    `make up` and Compose's init run it."""
     _ensure_airflow_database(st)
     _ensure_manifest(st)
+    _ensure_store(st)
     env = airflow_stack_env(st)
     write_airflow_passwords(st, env)
     from apparel.airflow_env import AIRFLOW
+    from apparel.transform import DBT_POOL, DBT_POOL_SLOTS
 
     step = time.monotonic()
     log_path = st.run_dir / "logs" / "airflow-db-migrate.log"
     _logged([str(AIRFLOW), "db", "migrate"], env, log_path, "airflow db migrate")
     log.info("Airflow metadata migrated in %.1f s", time.monotonic() - step)
+    # The pool that keeps `transform` and `fresh_marts` from building the same models at once
+    # (apparel.transform); the scheduler does not run tasks of a pool that does not exist.
+    description = "dbt builds: a transform task takes 1 slot, a fresh_marts task all of them"
+    pool = [str(AIRFLOW), "pools", "set", DBT_POOL, str(DBT_POOL_SLOTS), description]
+    _logged(pool, env, st.run_dir / "logs" / "airflow-pools.log", "airflow pools set")
 
 
 def check(service: str) -> int:
@@ -554,6 +645,10 @@ def check(service: str) -> int:
         ok, detail = http_ok(f"{st.airflow_url}/api/v2/monitor/health")
     elif service == "superset":
         ok, detail = http_ok(f"{st.superset().base_url}/health")
+    elif service == "stream":
+        ok, detail = stream_health(st)
+    elif service == "simulator":
+        ok, detail = simulator_health(st)
     else:
         ok, detail = http_ok(f"{st.docs_url}/index.html")
     print(f"{service}: {detail}")
@@ -568,7 +663,7 @@ def up(services: list[str] | None = None, timeout: float = 300) -> int:
         print(f"the stack is already running (honcho pid {pid}); nothing changed. `make down` stops it.")
         status()
         return 0
-    services = list(services or ALL_SERVICES)
+    services = list(services or default_services(st))
     generate_secrets(superset="superset" in services)
     st = stack_settings()
     taken = [
@@ -809,7 +904,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.stack_command == "up":
             services = [
                 s
-                for s in ALL_SERVICES
+                for s in default_services(stack_settings())
                 if not (args.no_superset and s == "superset") and not (args.no_docs and s == "dbt-docs")
             ]
             return up(services, timeout=args.timeout)

@@ -131,3 +131,14 @@ def test_make_targets(compose: dict) -> None:
     mk = (PROJECT_ROOT / "stack.mk").read_text()
     assert re.search(r"^up-docker:", mk, re.M) and "docker compose up" in mk
     assert "apparel.stack secrets --docker" in mk
+
+
+def test_stream_always_simulator_on_its_profile(compose: dict) -> None:
+    services = compose["services"]
+    assert "profiles" not in services["stream"]
+    assert services["simulator"]["profiles"] == ["simulator"]
+    assert stack.OPTIONAL_SERVICES == ("simulator",)
+    # The shop's database is on the postgres service; the init service creates and seeds it.
+    assert compose["x-env"]["STORE_URL"].endswith("@postgres:5432/store")
+    mk = (PROJECT_ROOT / "stack.mk").read_text()
+    assert "COMPOSE_PROFILES=$(if $(filter 1,$(SIMULATE)),simulator) docker compose up" in mk
