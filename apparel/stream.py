@@ -50,7 +50,7 @@ DEFAULT_BATCH_MS = 200
 DEFAULT_BATCH_CHANGES = 5000
 DEFAULT_WAL_WARN_MB = 1024
 PROGRESS_INTERVAL_S = 10.0
-MAX_BACKOFF_S = 10.0
+MAX_BACKOFF_S = 5.0
 
 # Both sessions speak ISO dates and UTC, so pgoutput's text values read back the same in the warehouse.
 _SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3"

@@ -88,6 +88,40 @@ def test_warehouse_restarted_under_load(pg_admin_url: str):
         server.destroy()
 
 
+def test_store_restarted_while_streaming(pg_admin_url: str):
+    """The shop's server goes away under the stream and comes back: it reconnects and resumes."""
+    server = EmbeddedServer(data_dir_for_server("store-restart"), free_port())
+    server.start()
+    try:
+        with make_stream_env(server.url("postgres"), pg_admin_url) as env:
+            env.run()
+            stop = threading.Event()
+            thread, result = env.thread(stop)
+            env.store("update shop_order set status = 'paid', updated_at = now() where id <= 100")
+            time.sleep(0.5)
+            server.stop()
+            time.sleep(1.0)
+            server.start()
+            env.store("update shop_order set status = 'shipped', updated_at = now() where id <= 50")
+            env.store("delete from shop_orderline where order_id = 7")
+            deadline = time.monotonic() + 30
+            while (
+                env.warehouse(f"select count(*) from {MIRROR_SCHEMA}.shop_order where status = 'shipped'")[0][
+                    0
+                ]
+                < 50
+            ):
+                assert time.monotonic() < deadline, "the stream did not resume after the store restart"
+                time.sleep(0.1)
+            stop.set()
+            thread.join(60)
+            assert result and not isinstance(result[0], BaseException), result
+            assert result[0].reconnects >= 1
+            env.assert_mirrored()
+    finally:
+        server.destroy()
+
+
 def test_slot_far_behind_catches_up(stream_env: StreamEnv):
     env = stream_env
     env.run()
