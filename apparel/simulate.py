@@ -64,6 +64,8 @@ CATCH_UP_TICKS = 2
 # At most this many ticks' worth of orders in one tick: a simulator that cannot keep up writes
 # moderate transactions at its best speed rather than one huge catch-up transaction.
 MAX_TICKS_PER_WRITE = 5
+# ... and never more orders than this in one transaction (about 5,000 changes: one stream batch).
+MAX_ORDERS_PER_WRITE = 1_000
 ID_BLOCK = 1_000
 
 
@@ -423,7 +425,7 @@ def run_simulator(
         transactions = "tick"
     stats = SimulationStats(rate=rate, transactions_mode=transactions)
     per_tick = rate * TICK_SECONDS
-    max_batch = max(1, int(per_tick * MAX_TICKS_PER_WRITE))
+    max_batch = max(1, min(int(per_tick * MAX_TICKS_PER_WRITE), MAX_ORDERS_PER_WRITE))
     catching_up = max(1.0, per_tick * CATCH_UP_TICKS)
 
     with connect_store(store_url, autocommit=True, application_name="apparel-simulate") as conn:
