@@ -128,9 +128,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     """The CDC stream (store -> raw_store) until SIGTERM / Ctrl-C, or its status."""
+    import psycopg
+
     from apparel import stream
 
     settings = load_settings()
+    try:
+        return _stream(args, settings, stream)
+    except (psycopg.OperationalError, stream.StreamError, RuntimeError) as e:
+        console.print(f"[red]stream: {e}[/red]")
+        return 2
+
+
+def _stream(args: argparse.Namespace, settings, stream) -> int:
     slot = args.slot or settings.get("STREAM_SLOT", stream.DEFAULT_SLOT)
     if args.action == "status":
         status = stream.stream_status(

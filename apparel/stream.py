@@ -51,6 +51,7 @@ DEFAULT_BATCH_CHANGES = 5000
 DEFAULT_WAL_WARN_MB = 1024
 PROGRESS_INTERVAL_S = 10.0
 MAX_BACKOFF_S = 5.0
+GIVE_UP_AFTER_S = 60.0
 
 # Both sessions speak ISO dates and UTC, so pgoutput's text values read back the same in the warehouse.
 _SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3"
@@ -623,6 +624,10 @@ def _reason(error: psycopg.Error) -> str:
 # The stream: replication connection, batching, feedback, reconnects.
 
 
+class StreamError(RuntimeError):
+    """The stream cannot go on; the message says why."""
+
+
 class _SlotBusy(RuntimeError):
     """The slot is still held by another walsender (e.g. of a killed predecessor): retried."""
 
@@ -676,6 +681,9 @@ class _Stream:
         self.state_lsn = 0
         self.target_lsn: int | None = None
         self.backoff = 0.5
+        # A long-running stream retries for ever; a catch-up run (make run) gives up and says why.
+        self.give_up_after: float | None = GIVE_UP_AFTER_S if until_caught_up else None
+        self._failing_since = 0.0
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: tuple | None = None  # (future, batch) of the batch being applied
         self._window_start = time.monotonic()
@@ -697,6 +705,12 @@ class _Stream:
             except Exception as e:
                 if not (_is_transient(e) or isinstance(e, _SlotBusy)):
                     raise
+                self._failing_since = self._failing_since or time.monotonic()
+                failing = time.monotonic() - self._failing_since
+                if self.give_up_after is not None and failing > self.give_up_after:
+                    raise StreamError(
+                        f"gave up after {self.give_up_after:.0f} s of failed attempts: {_first_line(e)}"
+                    ) from e
                 self.stats.reconnects += 1
                 log.warning(
                     "%s; reconnecting in %.1f s, resuming from %s._stream_state",
@@ -772,7 +786,7 @@ class _Stream:
             )
             cur.send_feedback(flush_lsn=start, force=True)
             log.info("streaming from slot %s at %s", self.slot, format_lsn(start))
-            self.backoff = 0.5
+            self.backoff, self._failing_since = 0.5, 0.0
             self._consume(repl, cur, _Applier(warehouse, self.slot), mirror_columns)
         finally:
             for conn in (repl, warehouse):
