@@ -56,10 +56,15 @@ class Settings:
 
     @property
     def store_url(self) -> str:
-        """libpq URL of the shop's own database (a `store` database on the embedded server by default)."""
+        """libpq URL of the shop's own database.
+
+        Default: a `store` database next to the warehouse (on the embedded server, or on
+        WAREHOUSE_URL's server), so a configured warehouse never silently pairs with a store
+        on an embedded server that nothing starts.
+        """
         from apparel.store import STORE_DATABASE
 
-        return self.get("STORE_URL") or self.embedded_url(STORE_DATABASE)
+        return self.get("STORE_URL") or with_database(self.warehouse_url, STORE_DATABASE)
 
     def embedded_url(self, database: str) -> str:
         return f"postgresql://{EMBEDDED_USER}@127.0.0.1:{self.pg_port}/{database}"
