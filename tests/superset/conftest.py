@@ -5,19 +5,23 @@ and built with `dbt build`. Superset's metadata database sits on the same server
 embedded warehouse), Superset listens on a free port, and its state lives in a temporary folder:
 a developer's running Superset, `.env` and warehouse are never touched.
 
-The live dashboard reads `raw_store`, the stream's mirror of the shop; `live_store` fills it with
-orders of the last hour (some cancelled, some deleted), older orders, and stream batches.
+The live dashboard reads `raw_store`, the stream's mirror of the shop; `live_store` fills it the
+real way: a shop database, the CDC stream, the simulator.
 """
 
 from __future__ import annotations
 
-import random
+import contextlib
+import functools
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlparse, urlunparse
 
 import psycopg
@@ -26,7 +30,9 @@ import pytest
 from apparel.config import with_database
 from apparel.dbt_runner import run_dbt
 from apparel.embedded_pg import free_port
-from apparel.store import mirror_ddl
+from apparel.simulate import run_simulator
+from apparel.store import ensure_store
+from apparel.stream import run_stream
 from apparel.superset_setup import (
     SUPERSET_VENV,
     SupersetClient,
@@ -37,7 +43,7 @@ from apparel.superset_setup import (
     start_server,
     stop_server,
 )
-from tests.conftest import load_all
+from tests.conftest import DATASET_DIR, load_all
 
 
 @dataclass(frozen=True)
@@ -113,104 +119,96 @@ def superset(
         _drop_database(pg_admin_url, metadata_db)
 
 
+# The live dashboard's "last hour": the current minute and the 59 before it.
+WINDOW = "date_trunc('minute', now()) - interval '59 minutes'"
+
+
 @dataclass(frozen=True)
 class LiveStore:
-    """What `live_store` put into raw_store, as the live dashboard must show it."""
+    """The shop's database, streamed into the Superset warehouse's raw_store while the session runs.
 
-    orders: int  # created in the last hour, neither cancelled nor deleted
-    revenue: int  # their lines' amounts, deleted lines left out
-    cancelled: int
-    batches: int
-
-
-def fill_raw_store(url: str, seed: int = 4) -> LiveStore:
-    """Orders, lines and stream batches as the CDC stream would have mirrored them, relative to now.
-
-    In the last hour: orders a minute to 45 minutes old (the dashboard's window is the current
-    minute and the 59 before it, so they stay inside while the suite runs), every 7th cancelled,
-    every 11th deleted (tombstone), every 9th line deleted. Outside it: orders two hours old.
+    The figures are the store's own, the truth the live dashboard must show: orders and revenue of
+    the last hour, cancelled orders excluded.
     """
-    rng = random.Random(seed)
-    with psycopg.connect(url) as conn:
-        for statement in mirror_ddl():
-            conn.execute(statement)
-        now = conn.execute("select now()").fetchone()[0]
-        cities = [
-            r[0] for r in conn.execute("select city_id from core.dim_locations order by city_id limit 8")
-        ]
-        if not cities:
-            raise RuntimeError("core.dim_locations is empty: the warehouse was not built")
-        base_id = conn.execute("select coalesce(max(id), 0) + 1000 from raw_store.shop_order").fetchone()[0]
-        first_customer = conn.execute(
-            "select coalesce(max(id), 0) + 1 from raw_store.shop_customer"
+
+    store_url: str
+    warehouse_url: str
+    orders: int
+    revenue: int
+    cancelled: int
+
+    def shop(self, statement: str, params: tuple = ()) -> Any:
+        """Write to the shop's database as the shop does; returns the first row, if any."""
+        with psycopg.connect(self.store_url, autocommit=True) as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchone() if cur.description else None
+
+    def wait_mirrored(self, condition: str, params: tuple = (), timeout: float = 15) -> None:
+        """Wait until `condition` (a boolean query) holds on the warehouse: the stream applied it."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.warehouse_url, autocommit=True) as conn:
+            while not conn.execute(condition, params).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the stream did not mirror {condition!r} in {timeout:.0f} s")
+                time.sleep(0.1)
+
+
+def store_figures(store_url: str) -> tuple[int, int, int]:
+    """Orders (not cancelled), their revenue, and cancelled orders of the last hour, in the store."""
+    with psycopg.connect(store_url) as conn:
+        orders, cancelled = conn.execute(
+            "select count(*) filter (where status <> 'cancelled'),"
+            f" count(*) filter (where status = 'cancelled') from shop_order where created_at >= {WINDOW}"
+        ).fetchone()
+        revenue = conn.execute(
+            "select coalesce(sum(l.amount), 0) from shop_orderline as l"
+            " join shop_order as o on o.id = l.order_id"
+            f" where o.status <> 'cancelled' and o.created_at >= {WINDOW}"
         ).fetchone()[0]
-        customers = [
-            (first_customer + i, first, last, gender)
-            for i, (first, last, gender) in enumerate(
-                [("Ayu", "Lestari", "Female"), ("Budi", "Santoso", "Male"), ("Citra", "Wijaya", "Female")]
-            )
-        ]
-        conn.cursor().executemany(
-            "insert into raw_store.shop_customer (id, first_name, last_name, gender, created_at, updated_at,"
-            " _lsn, _store_committed_at, _synced_at) values (%s, %s, %s, %s, %s, %s, '0/1', %s, %s)",
-            [(*c, now - timedelta(days=30), now - timedelta(days=30), now, now) for c in customers],
-        )
-        orders, lines = [], []
-        expected_orders = expected_revenue = cancelled = 0
-        ages = [timedelta(minutes=1 + i * 1.25) for i in range(36)] + [timedelta(hours=2)] * 3
-        for i, age in enumerate(ages):
-            order_id = base_id + i
-            status = "cancelled" if i % 7 == 3 else rng.choice(("pending", "paid", "shipped"))
-            deleted = now - age / 2 if i % 11 == 5 else None
-            created = now - age
-            orders.append((order_id, rng.choice(customers)[0], rng.choice(cities), status, created, deleted))
-            amount = 0
-            for j in range(1 + i % 3):
-                quantity, price = 1 + (i + j) % 3, rng.choice((129_000, 249_000, 399_000))
-                line_deleted = now - age / 2 if (i + j) % 9 == 4 else None
-                lines.append(
-                    (order_id * 10 + j, order_id, quantity, price, quantity * price, created, line_deleted)
-                )
-                amount += quantity * price if line_deleted is None else 0
-            in_window = age < timedelta(hours=1) and deleted is None
-            cancelled += in_window and status == "cancelled"
-            if in_window and status != "cancelled":
-                expected_orders += 1
-                expected_revenue += amount
-        conn.cursor().executemany(
-            "insert into raw_store.shop_order (id, customer_id, province_id, city_id, status, created_at,"
-            " updated_at, _deleted_at, _lsn, _store_committed_at, _synced_at)"
-            " select %s, %s, l.province_id, %s, %s, %s, %s, %s, '0/1', %s, %s"
-            " from core.dim_locations as l where l.city_id = %s",
-            [
-                (oid, cust, city, status, at, at, deleted, at, at, city)
-                for oid, cust, city, status, at, deleted in orders
-            ],
-        )
-        conn.cursor().executemany(
-            "insert into raw_store.shop_orderline (id, order_id, product_id, quantity, unit_price, amount,"
-            " created_at, updated_at, _deleted_at, _lsn, _store_committed_at, _synced_at)"
-            " values (%s, %s, 1, %s, %s, %s, %s, %s, %s, '0/1', %s, %s)",
-            [(*line[:6], line[5], line[6], line[5], line[5]) for line in lines],
-        )
-        # One batch about every two minutes, the last one seconds ago; 1 to 5 transactions each.
-        batches = [
-            (
-                now - timedelta(minutes=2 * k, seconds=3),
-                [round(rng.uniform(20, 900), 1) for _ in range(1 + (k + 2) % 5)],
-            )
-            for k in range(22)
-        ]
-        conn.cursor().executemany(
-            "insert into raw_store._stream_batches (slot_name, lsn, transactions, changes,"
-            " first_store_commit, last_store_commit, committed_at, apply_ms, lag_ms)"
-            " values ('apparel_cdc', '0/1', %s, %s, %s, %s, %s, 4.2, %s)",
-            [(len(lag), 3 * len(lag), at, at, at, lag) for at, lag in reversed(batches)],
-        )
-    return LiveStore(expected_orders, expected_revenue, cancelled, len(batches))
+    return orders, revenue, cancelled
 
 
 @pytest.fixture(scope="session")
-def live_store(superset: RunningSuperset) -> LiveStore:
-    """raw_store filled for the live dashboard (after dbt built the marts the Sales tests check)."""
-    return fill_raw_store(superset.warehouse_url)
+def live_store(superset: RunningSuperset, pg_admin_url: str) -> Iterator[LiveStore]:
+    """The real path into raw_store, in about five seconds: the shop's database seeded from the
+    dataset, the CDC stream's initial copy, then the simulator taking orders for three seconds
+    while the stream runs; the newest order is cancelled and the one before deleted in the shop
+    (tombstones for it and its lines). The stream keeps running for the browser test's new order.
+    """
+    store_db = _create_database(pg_admin_url, "t_superset_store")
+    store_url = with_database(pg_admin_url, store_db)
+    slot = f"t_superset_{uuid.uuid4().hex[:8]}"
+    stream = functools.partial(run_stream, store_url, superset.warehouse_url, slot=slot, publication=slot)
+    stop = threading.Event()
+    running = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            ensure_store(store_url, DATASET_DIR)
+            stream(until_caught_up=True)  # creates the slot and copies the seeded rows
+            running = pool.submit(stream, stop_event=stop)
+            run_simulator(store_url, rate=10, duration=3, seed=4, dataset_dir=DATASET_DIR)
+            with psycopg.connect(store_url, autocommit=True) as conn:
+                newest = [r[0] for r in conn.execute("select id from shop_order order by id desc limit 2")]
+                conn.execute("update shop_order set status = 'cancelled' where id = %s", (newest[0],))
+                conn.execute("delete from shop_order where id = %s", (newest[1],))
+            live = LiveStore(store_url, superset.warehouse_url, *store_figures(store_url))
+            live.wait_mirrored(
+                "select _deleted_at is not null from raw_store.shop_order where id = %s", (newest[1],)
+            )
+            yield live
+        finally:
+            stop.set()
+            if running is not None:
+                running.result(timeout=60)
+            # The slot pins the store database; the stream's walsender may take a moment to end.
+            with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+                for _ in range(50):
+                    with contextlib.suppress(psycopg.errors.ObjectInUse):
+                        conn.execute(
+                            "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                            " where slot_name = %s",
+                            (slot,),
+                        )
+                        break
+                    time.sleep(0.1)
+            _drop_database(pg_admin_url, store_db)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import psycopg
 import pytest
 
 from apparel.config import PROJECT_ROOT
@@ -135,7 +134,8 @@ def wait_text(page: Any, selector: str, expected: str, timeout: float = 15_000) 
 def test_live_dashboard_renders_and_refreshes_itself(
     superset: RunningSuperset, live_store: LiveStore, browser: Browser
 ) -> None:
-    """Every chart renders; then a new order reaches the screen by the dashboard's own refresh."""
+    """Every chart renders; then an order the shop takes reaches the screen: through the CDC stream
+    into raw_store, then by the dashboard's own timed refresh, without a reload."""
     page = browser.page
     data_requests: list[int] = []  # slice ids, in the order the page asked for their data
     page.on(
@@ -155,19 +155,15 @@ def test_live_dashboard_renders_and_refreshes_itself(
     assert len(charts) == 8
     page.evaluate("() => { window.notReloaded = true; }")
 
-    # The shop takes an order: without a reload, the next timed refresh (10 s) shows it.
-    with psycopg.connect(superset.warehouse_url) as conn:
-        order_id = conn.execute(
-            "insert into raw_store.shop_order (id, customer_id, province_id, city_id, status, created_at,"
-            " updated_at, _lsn) select max(id) + 1, 1, 0, 0, 'paid', now(), now(), '0/2'"
-            " from raw_store.shop_order returning id"
-        ).fetchone()[0]
-        conn.execute(
-            "insert into raw_store.shop_orderline (id, order_id, product_id, quantity, unit_price, amount,"
-            " created_at, updated_at, _lsn) select max(id) + 1, %s, 1, 2, 150000, 300000, now(), now(), '0/2'"
-            " from raw_store.shop_orderline",
-            (order_id,),
-        )
+    # The shop takes an order: the stream mirrors it, and without a reload the dashboard's next
+    # timed refresh (every 10 s) shows it.
+    (order_id,) = live_store.shop(
+        "with o as (insert into shop_order (customer_id, province_id, city_id, status)"
+        " select customer_id, province_id, city_id, 'paid' from shop_order order by id desc limit 1"
+        " returning id)"
+        " insert into shop_orderline (order_id, product_id, quantity, unit_price, amount)"
+        " select id, 1, 2, 150000, 300000 from o returning order_id"
+    )
     try:
         refresh_started = time.monotonic()
         orders_kpi = '[data-test-chart-name="Orders, last hour"] .header-line'
@@ -184,9 +180,11 @@ def test_live_dashboard_renders_and_refreshes_itself(
         wait_rendered(page, 8)
         state = page.evaluate(RENDER_STATE)
     finally:
-        with psycopg.connect(superset.warehouse_url) as conn:
-            conn.execute("delete from raw_store.shop_orderline where order_id = %s", (order_id,))
-            conn.execute("delete from raw_store.shop_order where id = %s", (order_id,))
+        # Gone again (a tombstone in the mirror) before other tests compare figures.
+        live_store.shop("delete from shop_order where id = %s", (order_id,))
+        live_store.wait_mirrored(
+            "select _deleted_at is not null from raw_store.shop_order where id = %s", (order_id,)
+        )
 
     assert_all_rendered(state, 8)
     assert set(data_requests[first_load:]) == charts, "every chart asked for its data again"
