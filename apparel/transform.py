@@ -119,3 +119,12 @@ def store_freshness():
         invocation_mode=InvocationMode.DBT_RUNNER,
         **operator_args,
     )
+
+
+def model_built() -> bool:
+    """True once the daily `transform` has built the model (the fact exists): before that, on a
+    warehouse that was never ingested, the fresh path has nothing to refresh and would only fail."""
+    import psycopg
+
+    with psycopg.connect(load_settings().warehouse_url, connect_timeout=10) as conn:
+        return conn.execute("select to_regclass('core.fct_transactions') is not null").fetchone()[0]

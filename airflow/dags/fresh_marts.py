@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup
 
-from apparel.transform import MARTS_ASSETS, fresh_marts_configs, store_freshness
+from apparel.transform import MARTS_ASSETS, fresh_marts_configs, model_built, store_freshness
 
 
 @dag(
@@ -30,14 +30,21 @@ from apparel.transform import MARTS_ASSETS, fresh_marts_configs, store_freshness
     doc_md=__doc__,
 )
 def fresh_marts() -> None:
+    @task.short_circuit
+    def transform_has_run() -> bool:
+        """Skips the run until the daily transform has built the model once."""
+        return model_built()
+
     dbt = DbtTaskGroup(group_id="dbt", **fresh_marts_configs())
 
     @task(outlets=MARTS_ASSETS)
     def publish_marts() -> None:
         """Marks the marts as updated (asset events) once they are rebuilt."""
 
-    dbt >> publish_marts()
-    store_freshness()
+    has_run = transform_has_run()
+    has_run >> dbt >> publish_marts()
+    # Beside the models, not before them: a stale stream is reported, the marts are still rebuilt.
+    has_run >> store_freshness()
 
 
 fresh_marts()

@@ -34,6 +34,7 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
     assert dbt_tasks == {f"dbt.{m}_run" for m in FRESH_MODELS}
     assert dag.timetable.expression == "* * * * *"
     assert dag.max_active_runs == 1 and not dag.catchup
+    assert dag.get_task("dbt.dim_customers_run").upstream_task_ids == {"transform_has_run"}
     assert dag.get_task("dbt.dm_revenue_by_months_run").upstream_task_ids == {
         "dbt.fct_transactions_run",
         "dbt.dim_dates_run",

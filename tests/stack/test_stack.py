@@ -129,7 +129,7 @@ def test_make_up_runs_the_pipeline_on_schedule_and_down_leaves_nothing(stack_env
     env = stack_env
     st = _stack_settings(env)
     flags = [] if WITH_SUPERSET else ["--no-superset"]
-    services = [s for s in stack.ALL_SERVICES if WITH_SUPERSET or s != "superset"]
+    services = [s for s in stack.default_services(st) if WITH_SUPERSET or s != "superset"]
 
     began = time.monotonic()
     result = _stack("up", *flags, env=env)
