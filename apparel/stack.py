@@ -776,9 +776,12 @@ def print_urls(st: StackSettings, services: list[str]) -> None:
         table.add_row(
             "Superset", f"{ss.base_url}/superset/dashboard/sales/", f"{ss.admin_user} / {ss.admin_password}"
         )
+        table.add_row("Superset (live)", f"{ss.base_url}/superset/dashboard/live-orders/", "the same")
     if "dbt-docs" in services:
         table.add_row("dbt docs", f"{st.docs_url}/", "")
     table.add_row("warehouse", st.settings.warehouse_url, "")
+    if "stream" in services:
+        table.add_row("shop store (CDC stream)", st.settings.store_url, "`apparel stream status`")
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     print("passwords are in .env; `make status`, `make logs`, `make down`")
 
