@@ -143,7 +143,7 @@ def load_source(
                 )
             else:
                 extract = open_extract(source, path)
-                result.warnings = _check_columns(source, extract)
+                result.warnings = check_columns(source, extract)
                 result.rows = _copy_and_swap(conn, source, extract, batch_id, on_progress)
                 result.bytes = _table_bytes(conn, source)
                 result.status = "loaded"
@@ -197,7 +197,7 @@ def changed_sources(url: str, dataset_dir: Path, sources: tuple[Source, ...] = S
         ]
 
 
-def _check_columns(source: Source, extract: Extract) -> list[str]:
+def check_columns(source: Source, extract: Extract) -> list[str]:
     """Missing registry columns fail the load; unknown extra columns are ignored with a warning.
 
     Ignoring extras keeps the raw tables' contract stable when an upstream export adds a column;
@@ -239,7 +239,7 @@ def _copy_and_swap(
 
     with conn.transaction():
         conn.execute(sql.SQL("drop table if exists {}").format(staging))
-        conn.execute(_create_table_sql(source, staging, extra_columns))
+        conn.execute(create_table_sql(source, staging, extra_columns))
         copy_sql = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
             staging, sql.SQL(", ").join(map(sql.Identifier, copy_columns))
         )
@@ -254,7 +254,7 @@ def _copy_and_swap(
                             on_progress(sent)
                 rows = cur.rowcount
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:  # a bad value; NULL in the key
-            raise _copy_error(source, extract, e) from None
+            raise copy_error(source, extract, e) from None
         if rows == 0:
             raise SourceError(source.file, "no data rows (the file has a header only)")
         for column in extra_columns:
@@ -285,7 +285,7 @@ def _copy_and_swap(
     return rows
 
 
-def _create_table_sql(source: Source, staging: sql.Identifier, extra_columns: list[str]) -> sql.Composed:
+def create_table_sql(source: Source, staging: sql.Identifier, extra_columns: list[str]) -> sql.Composed:
     columns = [
         sql.SQL("{} {}{}").format(
             sql.Identifier(c.name),
@@ -356,7 +356,7 @@ def _label_rows(extract: Extract, rows: list[int]) -> str:
     return ", ".join(extract.row_label(r) for r in rows[:5])
 
 
-def _copy_error(source: Source, extract: Extract, error: psycopg.Error) -> SourceError:
+def copy_error(source: Source, extract: Extract, error: psycopg.Error) -> SourceError:
     """Turn PostgreSQL's 'COPY t, line N, column c: "v"' context into the file's own row and column."""
     context = error.diag.context or ""
     message = error.diag.message_primary or str(error)

@@ -361,15 +361,15 @@ order by d.order_detail_id""",
 
 def _stage_extract(conn: psycopg.Connection, source: Source, dataset_dir: Path) -> tuple[str, int]:
     """COPY one extract into a temporary table typed like its raw table; returns its name and rows."""
-    from apparel.loader import _check_columns, _copy_error, _create_table_sql
+    from apparel.loader import check_columns, copy_error, create_table_sql
 
     extract = open_extract(source, dataset_dir / source.file)
-    _check_columns(source, extract)
+    check_columns(source, extract)
     name = f"_seed_{source.table}"
     staging = sql.Identifier("pg_temp", name)
     copy_columns = [c if c in source.column_names else f"_extra_{i}" for i, c in enumerate(extract.columns)]
     extra_columns = [c for c in copy_columns if c not in source.column_names]
-    conn.execute(_create_table_sql(source, staging, extra_columns))
+    conn.execute(create_table_sql(source, staging, extra_columns))
     copy_sql = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
         staging, sql.SQL(", ").join(map(sql.Identifier, copy_columns))
     )
@@ -380,7 +380,7 @@ def _stage_extract(conn: psycopg.Connection, source: Source, dataset_dir: Path) 
                     copy.write(chunk)
             rows = cur.rowcount
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
-        raise _copy_error(source, extract, e) from None
+        raise copy_error(source, extract, e) from None
     return f"pg_temp.{name}", rows
 
 
