@@ -57,6 +57,25 @@ def test_initial_copy_then_changes_as_upserts_and_tombstones(stream_env: StreamE
     assert brief == [("Brief", True)]
 
 
+def test_truncate_tombstones_the_live_rows_in_order(stream_env: StreamEnv):
+    """A TRUNCATE in the store keeps the rows as tombstones; rows written after it in the same batch live."""
+    env = stream_env
+    env.run()
+    lines = env.warehouse(f"select count(*) from {MIRROR_SCHEMA}.shop_orderline")[0][0]
+    env.store(
+        "truncate shop_orderline",
+        "insert into shop_orderline (order_id, product_id, quantity, unit_price, amount)"
+        " values (1, 7, 2, 150000, 300000)",
+    )
+    env.run()
+    env.assert_mirrored()
+    counts = env.warehouse(
+        f"select count(*) filter (where _deleted_at is not null), count(*) filter (where _deleted_at is null)"
+        f" from {MIRROR_SCHEMA}.shop_orderline"
+    )[0]
+    assert counts == (lines, 1)
+
+
 def test_unchanged_toast_value_is_kept(stream_env: StreamEnv):
     """An update that leaves a TOASTed value alone sends it as 'unchanged': it must not become null."""
     env = stream_env
