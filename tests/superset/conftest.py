@@ -147,7 +147,8 @@ class LiveStore:
         """Wait until `condition` (a boolean query) holds on the warehouse: the stream applied it."""
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.warehouse_url, autocommit=True) as conn:
-            while not conn.execute(condition, params).fetchone()[0]:
+            # No row yet counts as "not yet": the row itself may still be on its way.
+            while not (conn.execute(condition, params).fetchone() or (False,))[0]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the stream did not mirror {condition!r} in {timeout:.0f} s")
                 time.sleep(0.1)
