@@ -23,7 +23,7 @@ from psycopg import sql
 
 from apparel.readers import Extract, SourceError, open_extract
 from apparel.sources import LOAD_LOG_TABLE, RAW_SCHEMA, SOURCES, Source
-from apparel.store import mirror_ddl
+from apparel.store import ensure_mirror
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +91,11 @@ def file_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-# The shop's mirror (raw_store), created empty when missing so dbt finds its sources even if the
-# stream never ran: the tables mirror_ddl() creates, named from its own statements.
-MIRROR_TABLES = re.findall(r"create table if not exists (\S+)", "\n".join(mirror_ddl()))
-
-
 def ensure_raw_schema(conn: psycopg.Connection) -> None:
     with conn.transaction():
         conn.execute(LOAD_LOG_DDL)
-        # One lookup when the mirror is there: mirror_ddl()'s `create index if not exists` would
-        # take a share lock on a mirror table before finding the index, and wait for the stream.
-        if _mirror_missing(conn):
-            # The ingest DAG loads in parallel: concurrent CREATEs of one table collide in the catalog.
-            conn.execute("select pg_advisory_xact_lock(hashtext('apparel raw_store ddl'))")
-            for statement in mirror_ddl():
-                conn.execute(statement)
-
-
-def _mirror_missing(conn: psycopg.Connection) -> bool:
-    return conn.execute(
-        "select bool_or(to_regclass(name) is null) from unnest(%s::text[]) as t(name)", (MIRROR_TABLES,)
-    ).fetchone()[0]
+        # The shop's mirror too, empty when the stream never ran, so dbt always finds its sources.
+        ensure_mirror(conn)
 
 
 def load_source(

@@ -160,58 +160,95 @@ def store_ddl() -> list[str]:
     return statements
 
 
+# The stream's own tables in `raw_store`: name -> column definitions.
+_STREAM_TABLES: dict[str, tuple[str, ...]] = {
+    # One row per replication slot: the last store WAL position applied, written in the same
+    # transaction as the data (exactly-once: the server is told only after this commits).
+    "_stream_state": (
+        "slot_name text primary key",
+        "lsn pg_lsn not null",
+        "updated_at timestamptz not null default now()",
+    ),
+    # One row per applied batch: size, store-commit-to-warehouse-commit lag, apply time.
+    "_stream_batches": (
+        "batch_id bigint generated always as identity primary key",
+        "slot_name text not null",
+        "lsn pg_lsn not null",
+        "transactions integer not null",
+        "changes integer not null",
+        "first_store_commit timestamptz",
+        "last_store_commit timestamptz",
+        "committed_at timestamptz not null",
+        "apply_ms double precision not null",
+        "lag_ms double precision[] not null",
+    ),
+    # Changes the warehouse could not take, with the reason; the stream goes on without them.
+    "_dead_letters": (
+        "id bigint generated always as identity primary key",
+        "received_at timestamptz not null default now()",
+        "slot_name text not null",
+        "lsn pg_lsn not null",
+        "table_name text not null",
+        "operation text not null",
+        "row_key text",
+        "row_data jsonb",
+        "reason text not null",
+    ),
+}
+
+# Indexes in `raw_store`: name -> (table, column).
+_MIRROR_INDEXES: dict[str, tuple[str, str]] = {
+    "_stream_batches_committed_at": ("_stream_batches", "committed_at"),
+    # For the live dashboard (orders of the last hour, an order's lines), which refreshes every
+    # few seconds: without them each refresh reads the whole mirror.
+    "shop_order_created_at": ("shop_order", "created_at"),
+    "shop_orderline_order_id": ("shop_orderline", "order_id"),
+}
+
+# Every table of `raw_store`, schema-qualified: the three mirrors and the stream's bookkeeping.
+MIRROR_TABLES = [*(t.mirror_table for t in STORE_TABLES), *(f"{MIRROR_SCHEMA}.{n}" for n in _STREAM_TABLES)]
+
+
 def mirror_ddl() -> list[str]:
     """CREATE statements for `raw_store` (idempotent): the mirror tables and the stream's own."""
-    statements = [f"create schema if not exists {MIRROR_SCHEMA}"]
-    for table in STORE_TABLES:
-        cols = [
+    tables = {
+        table.mirror_table: [
             f"{c.name} {c.pg_type}" + (" primary key" if c.name == table.primary_key else "")
             for c in (*table.columns, *MIRROR_COLUMNS)
         ]
-        statements.append(
-            f"create table if not exists {table.mirror_table} (\n    " + ",\n    ".join(cols) + "\n)"
-        )
-    statements += [
-        # One row per replication slot: the last store WAL position applied, written in the same
-        # transaction as the data (exactly-once: the server is told only after this commits).
-        f"""create table if not exists {MIRROR_SCHEMA}._stream_state (
-    slot_name text primary key,
-    lsn pg_lsn not null,
-    updated_at timestamptz not null default now()
-)""",
-        # One row per applied batch: size, store-commit-to-warehouse-commit lag, apply time.
-        f"""create table if not exists {MIRROR_SCHEMA}._stream_batches (
-    batch_id bigint generated always as identity primary key,
-    slot_name text not null,
-    lsn pg_lsn not null,
-    transactions integer not null,
-    changes integer not null,
-    first_store_commit timestamptz,
-    last_store_commit timestamptz,
-    committed_at timestamptz not null,
-    apply_ms double precision not null,
-    lag_ms double precision[] not null
-)""",
-        f"create index if not exists _stream_batches_committed_at"
-        f" on {MIRROR_SCHEMA}._stream_batches (committed_at)",
-        # For the live dashboard (orders of the last hour, an order's lines), which refreshes every
-        # few seconds: without them each refresh reads the whole mirror.
-        f"create index if not exists shop_order_created_at on {MIRROR_SCHEMA}.shop_order (created_at)",
-        f"create index if not exists shop_orderline_order_id on {MIRROR_SCHEMA}.shop_orderline (order_id)",
-        # Changes the warehouse could not take, with the reason; the stream goes on without them.
-        f"""create table if not exists {MIRROR_SCHEMA}._dead_letters (
-    id bigint generated always as identity primary key,
-    received_at timestamptz not null default now(),
-    slot_name text not null,
-    lsn pg_lsn not null,
-    table_name text not null,
-    operation text not null,
-    row_key text,
-    row_data jsonb,
-    reason text not null
-)""",
+        for table in STORE_TABLES
+    }
+    tables.update({f"{MIRROR_SCHEMA}.{name}": list(columns) for name, columns in _STREAM_TABLES.items()})
+    return [
+        f"create schema if not exists {MIRROR_SCHEMA}",
+        *(
+            f"create table if not exists {name} (\n    " + ",\n    ".join(columns) + "\n)"
+            for name, columns in tables.items()
+        ),
+        *(
+            f"create index if not exists {name} on {MIRROR_SCHEMA}.{table} ({column})"
+            for name, (table, column) in _MIRROR_INDEXES.items()
+        ),
     ]
-    return statements
+
+
+def ensure_mirror(conn) -> None:
+    """Create what is missing of `raw_store` in the warehouse (the loader and the stream both call it).
+
+    One catalog lookup when everything is there: running the statements anyway would take a share
+    lock on each mirror table (`create index if not exists` locks before it finds the index) and
+    wait behind the stream's writes. Concurrent creators (the ingest DAG loads in parallel) are
+    serialised by an advisory lock, since concurrent CREATEs of one table collide in the catalog.
+    """
+    with conn.transaction():
+        missing = conn.execute(
+            "select bool_or(to_regclass(name) is null) from unnest(%s::text[]) as t(name)",
+            ([*MIRROR_TABLES, *(f"{MIRROR_SCHEMA}.{name}" for name in _MIRROR_INDEXES)],),
+        ).fetchone()[0]
+        if missing:
+            conn.execute("select pg_advisory_xact_lock(hashtext('apparel raw_store ddl'))")
+            for statement in mirror_ddl():
+                conn.execute(statement)
 
 
 # --- The store database: creation and seed ------------------------------------------------------

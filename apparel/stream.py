@@ -40,7 +40,7 @@ from psycopg.types.json import Jsonb
 
 from apparel import pgoutput
 from apparel.pgoutput import UNCHANGED, format_lsn, parse_lsn
-from apparel.store import MIRROR_SCHEMA, STORE_TABLES, STORE_TABLES_BY_NAME, mirror_ddl
+from apparel.store import MIRROR_SCHEMA, STORE_TABLES, STORE_TABLES_BY_NAME, ensure_mirror
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +160,6 @@ def _replication_connection(store_url: str):
 
 # ---------------------------------------------------------------------------------------------------
 # The warehouse side.
-
-
-def ensure_mirror(warehouse: psycopg.Connection) -> None:
-    with warehouse.transaction():
-        for statement in mirror_ddl():
-            warehouse.execute(statement)
 
 
 def _stream_state(warehouse: psycopg.Connection, slot: str) -> int | None:

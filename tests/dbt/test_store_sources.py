@@ -5,8 +5,7 @@ from __future__ import annotations
 import yaml
 
 from apparel.dbt_runner import DBT_PROJECT_DIR
-from apparel.loader import MIRROR_TABLES
-from apparel.store import MIRROR_COLUMNS, MIRROR_SCHEMA, STORE_TABLES
+from apparel.store import MIRROR_COLUMNS, MIRROR_SCHEMA, MIRROR_TABLES, STORE_TABLES
 
 SOURCES_YML = DBT_PROJECT_DIR / "models" / "staging" / "_raw_store__sources.yml"
 
