@@ -13,6 +13,8 @@ from pathlib import Path
 from apparel.config import PROJECT_ROOT, Settings, load_settings
 
 AIRFLOW = Path(sys.executable).parent / "airflow"
+# Tasks Airflow runs at once. 2 cores: more parallel tasks than this only queue up on the CPU.
+PARALLELISM = 4
 
 
 def airflow_env(settings: Settings | None = None, home: Path | None = None) -> dict[str, str]:
@@ -26,8 +28,7 @@ def airflow_env(settings: Settings | None = None, home: Path | None = None) -> d
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         # `airflow dags test` runs in one process: SQLite is enough (`make up` uses PostgreSQL).
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        # 2 cores: more parallel tasks than this only queue up on the CPU.
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
         "AIRFLOW__COSMOS__CACHE_DIR": str(settings.state_dir / "cosmos"),
         # Both phone home by default; this machine and many users' have no route out.
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",

@@ -6,10 +6,10 @@ the manifest that `make manifest` (`dbt parse`) writes, so parsing a DAG file ne
 touches the database.
 
 The two must not build the same models at the same time. Both run their dbt tasks in the Airflow
-pool `dbt_warehouse` (created by `apparel.stack prepare` and `make airflow-init`): a transform
-task takes one of its slots, a fresh_marts task takes all of them. So the daily transform keeps
-its parallelism, and a fresh_marts task runs only when no dbt task of either DAG runs, and the
-other way round.
+pool `dbt_warehouse` (created by `apparel.stack prepare`, i.e. `make up`; `airflow dags test`
+ignores pools): a transform task takes one of its slots, a fresh_marts task takes all of them. So
+the daily transform keeps its parallelism, and a fresh_marts task runs only when no dbt task of
+either DAG runs, and the other way round.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset
 
+from apparel.airflow_env import PARALLELISM
 from apparel.config import load_settings
 from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env
 from apparel.store import MIRROR_SCHEMA, STORE_TABLES
@@ -26,8 +27,8 @@ from apparel.store import MIRROR_SCHEMA, STORE_TABLES
 MARTS = ("dm_revenue_by_months", "dm_perfomance_product_by_cities")
 STREAMED_SOURCE = MIRROR_SCHEMA  # the dbt source of the mirror is named after its schema
 DBT_POOL = "dbt_warehouse"
-# As many slots as Airflow runs tasks at once (AIRFLOW__CORE__PARALLELISM in apparel.airflow_env).
-DBT_POOL_SLOTS = 4
+# As many slots as Airflow runs tasks at once.
+DBT_POOL_SLOTS = PARALLELISM
 MARTS_ASSETS = [Asset(name=f"marts.{m}", uri=f"postgres://warehouse/marts/{m}") for m in MARTS]
 
 
