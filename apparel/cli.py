@@ -143,12 +143,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace, settings, stream) -> int:
     slot = args.slot or settings.get("STREAM_SLOT", stream.DEFAULT_SLOT)
     if args.action == "status":
-        status = stream.stream_status(
-            settings.store_url,
-            settings.warehouse_url,
-            slot,
-            wal_warn_mb=float(settings.get("STREAM_WAL_WARN_MB", str(stream.DEFAULT_WAL_WARN_MB))),
-        )
+        status = stream.configured_status(settings, slot)
         for line in stream.format_status(status):
             console.print(line, markup=False, highlight=False)
         return 1 if status.warnings else 0

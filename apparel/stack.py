@@ -369,14 +369,8 @@ def stream_health(st: StackSettings) -> tuple[bool, str]:
     has no warning (slot present, WAL held back under STREAM_WAL_WARN_MB)."""
     from apparel import stream
 
-    settings = st.settings
     try:
-        status = stream.stream_status(
-            settings.store_url,
-            settings.warehouse_url,
-            settings.get("STREAM_SLOT", stream.DEFAULT_SLOT),
-            wal_warn_mb=float(settings.get("STREAM_WAL_WARN_MB", str(stream.DEFAULT_WAL_WARN_MB))),
-        )
+        status = stream.configured_status(st.settings)
     except Exception as e:  # any failure to ask is "not healthy (yet)", with its reason
         return False, f"{type(e).__name__}: {str(e).strip()[:120]}"
     if status.warnings:

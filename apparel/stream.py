@@ -1042,6 +1042,17 @@ class StreamStatus:
         return []
 
 
+def configured_status(settings, slot: str | None = None) -> StreamStatus:
+    """`stream_status` of the configured store and warehouse: slot STREAM_SLOT (unless given) and
+    the threshold STREAM_WAL_WARN_MB (what `apparel stream status` and the stack's health check ask)."""
+    return stream_status(
+        settings.store_url,
+        settings.warehouse_url,
+        slot or settings.get("STREAM_SLOT", DEFAULT_SLOT),
+        wal_warn_mb=float(settings.get("STREAM_WAL_WARN_MB", str(DEFAULT_WAL_WARN_MB))),
+    )
+
+
 def stream_status(
     store_url: str, warehouse_url: str, slot: str = DEFAULT_SLOT, *, wal_warn_mb: float = DEFAULT_WAL_WARN_MB
 ) -> StreamStatus:
