@@ -13,7 +13,7 @@ from apparel.dbt_runner import run_dbt
 from apparel.loader import load_source
 from apparel.sources import get_source
 from apparel.store import MIRROR_SCHEMA, STORE_TABLES_BY_NAME
-from tests.conftest import query, scalar  # noqa: F401  (re-exported for the dbt tests)
+from tests.conftest import query, scalar  # also re-exported for the dbt tests
 
 
 class Dbt:
@@ -40,6 +40,55 @@ class Dbt:
 def dbt(loaded_db: str, tmp_path: Path) -> Dbt:
     """dbt on a fresh database holding the committed dataset in raw.*."""
     return Dbt(loaded_db, tmp_path / "dbt-target")
+
+
+# The incremental models and what identifies a row of each. fact_loaded_at (when the fact load a mart
+# row includes was committed) differs between any two builds and is left out of comparisons.
+INCREMENTAL_TABLES = {
+    "core.fct_transactions": "transaction_id",
+    "marts.dm_revenue_by_months": "month_start",
+    "marts.dm_perfomance_product_by_cities": "city_id, product_id",
+}
+REBUILT_FROM_SCRATCH = (
+    "fct_transactions_loads",
+    "fct_transactions",
+    "dm_revenue_by_months",
+    "dm_perfomance_product_by_cities",
+)
+
+
+def table_rows(url: str, table: str, order_by: str) -> list[tuple]:
+    schema, name = table.split(".")
+    columns = [
+        row[0]
+        for row in query(
+            url,
+            "select column_name from information_schema.columns where table_schema = %s"
+            " and table_name = %s and column_name <> 'fact_loaded_at' order by ordinal_position",
+            (schema, name),
+        )
+    ]
+    return query(url, f"select {', '.join(columns)} from {table} order by {order_by}")
+
+
+def assert_equals_full_refresh(dbt: Dbt) -> None:
+    """The fact and both marts as the incremental runs left them equal a rebuild from scratch."""
+    incremental = {table: table_rows(dbt.url, table, key) for table, key in INCREMENTAL_TABLES.items()}
+    dbt("run", "--full-refresh", "--select", *REBUILT_FROM_SCRATCH)
+    for table, key in INCREMENTAL_TABLES.items():
+        rebuilt = table_rows(dbt.url, table, key)
+        assert len(incremental[table]) == len(rebuilt), f"{table}: row count differs from a full refresh"
+        differing = [(a, b) for a, b in zip(incremental[table], rebuilt, strict=True) if a != b]
+        assert not differing, f"{table} differs from a full refresh, e.g. {differing[:2]}"
+
+
+def last_fact_load(url: str) -> str:
+    """How the last run loaded fct_transactions: append, compare or full refresh (its load log)."""
+    return scalar(
+        url,
+        "select load_path from core.fct_transactions_loads where consumed_at is not null"
+        " order by loaded_at desc limit 1",
+    )
 
 
 def reload(url: str, dataset_dir: Path, *sources: str) -> None:

@@ -1,25 +1,35 @@
 {#
     Sales transactions: one row per order line (transaction_id = order_detail_id).
 
-    Incremental. Raw loads replace whole tables, so `_loaded_at` moves for every row on
-    every load and cannot tell new lines from old ones. An incremental run instead compares
-    each staged line with the stored row of the same transaction_id and merges only lines
-    that are new, whose source values changed (source_hash: md5 of the line and its order
-    header), or whose dimension keys resolve differently now (a late-arriving customer, city
-    or product that used to be unknown, a member gone, a price version snapshotted that
-    covers the order date). Lines of cancelled orders are not sales and stay out. Lines gone
-    (from the extract, deleted or cancelled in the shop) are deleted by the post-hook. So an
-    incremental run writes only what changed and ends equal to a full refresh; it still
-    reads every line, which is the price of loads that replace whole tables.
+    Incremental, two paths. Raw loads replace whole tables, so `_loaded_at` moves for every
+    row on every load and cannot tell new lines from old ones; the load log
+    fct_transactions_loads (run just before) fingerprints the inputs instead:
+
+    - append: the sold order lines and the order headers up to the previous load's highest
+      ids, and the dimension members, are provably the same as when the fact was last built.
+      Every stored row is then still what a full refresh would build, and only the lines above
+      the previous highest line id are read and inserted.
+    - compare (anything else: a line changed, deleted or cancelled in the shop, a late line,
+      a dimension change): each sold line is compared with the stored row of the same
+      transaction_id and only lines that are new, whose source values changed (source_hash:
+      md5 of the line and its order header), or whose dimension keys resolve differently now
+      (a late-arriving customer, city or product, a member gone, a price version snapshotted
+      that covers the order date) are merged; lines gone (from the extract, deleted or
+      cancelled in the shop) are deleted by the post-hook.
+
+    Lines of cancelled orders are not sales and stay out. Either way an incremental run ends
+    equal to a full refresh. The last post-hook records in the log, in the same transaction,
+    that this run's inputs are now what the fact holds.
 #}
+-- depends_on: {{ ref('fct_transactions_loads') }}
 {{
     config(
         materialized='incremental',
         unique_key='transaction_id',
-        incremental_strategy='merge',
+        incremental_strategy='merge_or_append',
         on_schema_change='fail',
         post_hook=[
-            "{% if is_incremental() %}
+            "{% if is_incremental() and fct_transactions_load_plan().path == 'compare' %}
             -- after the merge the table holds every sold line, so it has more rows only when
             -- lines were removed (from the extract, deleted or cancelled in the shop); the
             -- counts spare the scan otherwise
@@ -31,16 +41,28 @@
                     select 1 from {{ sold_order_lines() }} as lines
                     where lines.order_detail_id = fct.transaction_id
                 )
-            {% endif %}"
+            {% endif %}",
+            "{{ fct_transactions_record_load() }}",
+            "{% if not is_incremental() %}
+            -- fresh statistics after a full build, so later `transaction_id > n` filters
+            -- (append loads, marts, tests) are planned as the index range scans they are
+            analyze {{ this }}
+            {% endif %}",
         ],
     )
 }}
+{%- set load_plan = fct_transactions_load_plan() if is_incremental() else none %}
+{%- set append_only = load_plan is not none and load_plan.path == 'append' %}
 
 with
 
 -- the staged lines without those of cancelled orders
 order_lines as (
     select * from {{ sold_order_lines() }} as sold
+    {% if append_only and load_plan.after_line_id is not none %}
+        -- append: every line up to here is already stored as a full refresh would store it
+        where order_detail_id > {{ load_plan.after_line_id }}
+    {% endif %}
 ),
 
 orders as (
@@ -106,8 +128,8 @@ final as (
         cast(amount as bigint) as amount,
         cast(source_hash as text) as source_hash
     from joined
-    {% if is_incremental() %}
-        -- only lines that are new, changed at the source, or whose keys resolve differently now
+    {% if is_incremental() and not append_only %}
+        -- compare: only lines that are new, changed at the source, or whose keys resolve differently now
         where not exists (
             select 1 from {{ this }} as already_loaded
             where

@@ -1,0 +1,144 @@
+{#
+    Load log of fct_transactions: one row per dbt run, with fingerprints of the inputs the
+    fact is built from; fct_transactions marks the row consumed, in the same transaction as
+    its merge, with the path it took and the fingerprint of the dimension members its keys
+    resolve against (macros/fct_transactions_loads.sql).
+
+    Each row fingerprints the order lines and order headers (count, highest id, bit_xor of a
+    64-bit hash per row; see macro row_fingerprint), both in full and up to the highest ids of
+    the last consumed load. The fact compares the two, and the dimensions with the last
+    consumed load's: when the "old" part is the very same rows and the dimensions are
+    the same, every stored fact row is still what a full refresh would build, and only the
+    lines above the last highest id need loading ("append"), without reading and hashing
+    1.8 million lines. Any difference (a changed, removed or late line, a late order header, a
+    new customer, city or product version) makes the fact compare every line, as before.
+
+    Loads replace whole raw tables, so neither `_loaded_at` nor row order can say what is new;
+    one scan of the staged lines and order headers can (~0.5 s at 1.8 million lines). The
+    model reads staging only, so it runs beside the snapshot and the dimensions.
+#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='append',
+        on_schema_change='fail',
+    )
+}}
+
+with
+
+order_lines as (
+    select * from {{ ref('stg_order_details') }}
+),
+
+orders as (
+    select * from {{ ref('stg_orders') }}
+),
+
+-- the inputs the fact holds now: those of the last load it consumed
+previous_load as (
+    {% if is_incremental() %}
+        select
+            loaded_at,
+            max_line_id,
+            max_order_id,
+            max_line_order_id
+        from {{ this }}
+        where consumed_at is not null
+        order by loaded_at desc
+        limit 1
+    {% else %}
+        select
+            cast(null as timestamp) as loaded_at,
+            cast(null as bigint) as max_line_id,
+            cast(null as bigint) as max_order_id,
+            cast(null as bigint) as max_line_order_id
+        where false
+    {% endif %}
+),
+
+-- always one row (nulls without a previous load)
+boundary as (
+    select
+        (select previous_load.loaded_at from previous_load) as loaded_at,
+        (select previous_load.max_line_id from previous_load) as max_line_id,
+        (select previous_load.max_order_id from previous_load) as max_order_id,
+        (select previous_load.max_line_order_id from previous_load) as max_line_order_id
+),
+
+fingerprinted_lines as (
+    select
+        order_lines.order_detail_id,
+        order_lines.order_id,
+        -- what a fact row is built from on the line's side
+        {{ row_fingerprint([
+            'order_lines.order_detail_id', 'order_lines.order_id', 'order_lines.product_id',
+            'order_lines.quantity', 'order_lines.unit_price', 'order_lines.amount'
+        ]) }} as fingerprint,
+        order_lines.order_detail_id <= boundary.max_line_id as is_old
+    from order_lines
+    cross join boundary
+),
+
+line_state as (
+    select
+        count(*) as line_count,
+        max(order_detail_id) as max_line_id,
+        max(order_id) as max_line_order_id,
+        bit_xor(fingerprint) as lines_fingerprint,
+        count(*) filter (where is_old) as old_line_count,
+        bit_xor(fingerprint) filter (where is_old) as old_lines_fingerprint,
+        min(order_id) filter (where not coalesce(is_old, false)) as min_new_line_order_id
+    from fingerprinted_lines
+),
+
+fingerprinted_orders as (
+    select
+        orders.order_id,
+        -- what a fact row is built from on the order header's side
+        {{ row_fingerprint(['orders.order_id', 'orders.order_date', 'orders.customer_id', 'orders.city_id']) }}
+            as fingerprint,
+        orders.order_id <= boundary.max_order_id as is_old
+    from orders
+    cross join boundary
+),
+
+order_state as (
+    select
+        count(*) as order_count,
+        max(order_id) as max_order_id,
+        bit_xor(fingerprint) as orders_fingerprint,
+        count(*) filter (where is_old) as old_order_count,
+        bit_xor(fingerprint) filter (where is_old) as old_orders_fingerprint
+    from fingerprinted_orders
+),
+
+final as (
+    select
+        cast('{{ invocation_id }}' as text) as invocation_id,
+        {{ run_timestamp() }} as loaded_at,
+        boundary.loaded_at as compared_with_loaded_at,
+        line_state.line_count,
+        line_state.max_line_id,
+        line_state.max_line_order_id,
+        line_state.lines_fingerprint,
+        line_state.old_line_count,
+        line_state.old_lines_fingerprint,
+        order_state.order_count,
+        order_state.max_order_id,
+        order_state.orders_fingerprint,
+        order_state.old_order_count,
+        order_state.old_orders_fingerprint,
+        -- set by fct_transactions when it consumes the row
+        cast(null as bigint) as dims_fingerprint,
+        -- lines above the previous highest id all belong to orders no earlier line belongs to
+        coalesce(line_state.min_new_line_order_id > boundary.max_line_order_id, true) as new_lines_in_new_orders,
+        cast(null as timestamp) as consumed_at,
+        cast(null as text) as load_path,
+        cast(null as bigint) as appended_after_line_id
+    from line_state
+    cross join order_state
+    cross join boundary
+)
+
+select * from final
