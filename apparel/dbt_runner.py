@@ -43,3 +43,9 @@ def run_dbt(
     env["DBT_TARGET_PATH"] = str(target_path or settings.state_dir / "dbt" / "target")
     dbt = Path(sys.executable).parent / "dbt"
     return subprocess.run([str(dbt), *args], cwd=DBT_PROJECT_DIR, env=env, check=check)
+
+
+def downstream_of_sources(names: list[str]) -> list[str]:
+    """dbt's selection of every node downstream of the raw tables `names` (reloaded since the last
+    build), tests included: what an incremental build has to run when only those changed."""
+    return [f"source:raw.{name}+" for name in names]

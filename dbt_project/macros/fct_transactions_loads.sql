@@ -224,13 +224,14 @@
 
 
 {#
-    The fact rows not yet covered by a whole-table test run, as a predicate: those appended by
+    The fact rows not yet covered by a whole-table test run, as a predicate on `column` (the
+    fact's transaction_id, or the order line id of the rows it is built from): those appended by
     the loads since the last load that was not an append (after such a load the tests read
     every row). `true` when the last load was not an append or the log says nothing.
     Rows are never changed by an append, so a row checked once stays as checked; a failing
     row stays in scope until a compare or full refresh load re-checks the whole table.
 #}
-{% macro fct_transactions_unchecked_rows() %}
+{% macro fct_transactions_unchecked_rows(column='transaction_id') %}
     {% if not execute %}
         {{ return('true') }}
     {% endif %}
@@ -261,7 +262,7 @@
         {% endset %}
         {% set result = run_query(query) %}
         {% if result.rows | length == 1 and result.rows[0][0] is not none %}
-            {{ return('transaction_id > ' ~ result.rows[0][0]) }}
+            {{ return(column ~ ' > ' ~ result.rows[0][0]) }}
         {% endif %}
     {% endfor %}
     {{ return('true') }}

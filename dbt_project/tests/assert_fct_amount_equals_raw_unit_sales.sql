@@ -1,14 +1,19 @@
 -- Reconciliation: total amount in the fact equals the total straight from the raw tables: the
 -- extract's unit_sales and the shop's mirrored amounts (the shop's line wins for the same id,
 -- deleted lines left out), without the lines of orders cancelled in the shop.
+-- After appends only the lines above the last whole-table check are summed, on both sides (macro
+-- fct_transactions_unchecked_rows, on the line id: extract and shop lines alike); any other load
+-- sums every line.
 with
 
 extract_lines as (
     select * from {{ source('raw', 'order_details') }}
+    where {{ fct_transactions_unchecked_rows('order_detail_id') }}
 ),
 
 shop_lines as (
     select * from {{ source('raw_store', 'shop_orderline') }}
+    where {{ fct_transactions_unchecked_rows('id') }}
 ),
 
 shop_orders as (
@@ -17,6 +22,7 @@ shop_orders as (
 
 facts as (
     select * from {{ ref('fct_transactions') }}
+    where {{ fct_transactions_unchecked_rows() }}
 ),
 
 raw_lines as (

@@ -1,14 +1,19 @@
 -- Reconciliation: the fact holds exactly the staged order lines that are sales (all but those of
 -- cancelled orders), no more, no fewer.
 -- Returns the ids found on one side only (one full join: a single pass over both).
+-- After appends only the lines above the last whole-table check are compared, on both sides
+-- (macro fct_transactions_unchecked_rows): the load log proved every line below unchanged, and
+-- an append writes no fact row below; any other load compares every line.
 with
 
 staged as (
     select order_detail_id from {{ sold_order_lines() }} as sold
+    where {{ fct_transactions_unchecked_rows('order_detail_id') }}
 ),
 
 facts as (
     select transaction_id from {{ ref('fct_transactions') }}
+    where {{ fct_transactions_unchecked_rows() }}
 ),
 
 final as (

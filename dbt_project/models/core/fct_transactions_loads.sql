@@ -27,8 +27,10 @@
 
 with
 
+-- the lines the fact is built from: the staged lines without those of cancelled orders (a
+-- cancellation takes lines out of this set, so the fingerprint sees it)
 order_lines as (
-    select * from {{ ref('stg_order_details') }}
+    select * from {{ sold_order_lines() }} as sold
 ),
 
 orders as (
@@ -66,51 +68,61 @@ boundary as (
         (select previous_load.max_line_order_id from previous_load) as max_line_order_id
 ),
 
-fingerprinted_lines as (
-    select
-        order_lines.order_detail_id,
-        order_lines.order_id,
-        -- what a fact row is built from on the line's side
-        {{ row_fingerprint([
-            'order_lines.order_detail_id', 'order_lines.order_id', 'order_lines.product_id',
-            'order_lines.quantity', 'order_lines.unit_price', 'order_lines.amount'
-        ]) }} as fingerprint,
-        order_lines.order_detail_id <= boundary.max_line_id as is_old
-    from order_lines
-    cross join boundary
+-- the lines and order headers above the last load's highest ids (each CTE is read once, so
+-- PostgreSQL inlines it and reads them through the key's index)
+new_order_lines as (
+    select * from {{ sold_order_lines() }} as sold
+    where order_detail_id > (select boundary.max_line_id from boundary)
 ),
 
+new_orders as (
+    select * from {{ ref('stg_orders') }}
+    where order_id > (select boundary.max_order_id from boundary)
+),
+
+-- the whole set, in one pass; the "new" part (ids above the last load's highest) is read through
+-- the key's index, and the old part is the whole XOR the new one (XOR is its own inverse), so
+-- each row is hashed once and no aggregate needs a filter
 line_state as (
     select
         count(*) as line_count,
-        max(order_detail_id) as max_line_id,
-        max(order_id) as max_line_order_id,
-        bit_xor(fingerprint) as lines_fingerprint,
-        count(*) filter (where is_old) as old_line_count,
-        bit_xor(fingerprint) filter (where is_old) as old_lines_fingerprint,
-        min(order_id) filter (where not coalesce(is_old, false)) as min_new_line_order_id
-    from fingerprinted_lines
+        max(order_lines.order_detail_id) as max_line_id,
+        max(order_lines.order_id) as max_line_order_id,
+        -- what a fact row is built from on the line's side
+        bit_xor({{ row_fingerprint([
+            'order_lines.order_detail_id', 'order_lines.order_id', 'order_lines.product_id',
+            'order_lines.quantity', 'order_lines.unit_price', 'order_lines.amount'
+        ]) }}) as lines_fingerprint
+    from order_lines
 ),
 
-fingerprinted_orders as (
+new_line_state as (
     select
-        orders.order_id,
-        -- what a fact row is built from on the order header's side
-        {{ row_fingerprint(['orders.order_id', 'orders.order_date', 'orders.customer_id', 'orders.city_id']) }}
-            as fingerprint,
-        orders.order_id <= boundary.max_order_id as is_old
-    from orders
-    cross join boundary
+        count(*) as line_count,
+        bit_xor({{ row_fingerprint([
+            'order_lines.order_detail_id', 'order_lines.order_id', 'order_lines.product_id',
+            'order_lines.quantity', 'order_lines.unit_price', 'order_lines.amount'
+        ]) }}) as lines_fingerprint,
+        min(order_lines.order_id) as min_order_id
+    from new_order_lines as order_lines
 ),
 
 order_state as (
     select
         count(*) as order_count,
-        max(order_id) as max_order_id,
-        bit_xor(fingerprint) as orders_fingerprint,
-        count(*) filter (where is_old) as old_order_count,
-        bit_xor(fingerprint) filter (where is_old) as old_orders_fingerprint
-    from fingerprinted_orders
+        max(orders.order_id) as max_order_id,
+        -- what a fact row is built from on the order header's side
+        bit_xor({{ row_fingerprint(['orders.order_id', 'orders.order_date', 'orders.customer_id', 'orders.city_id']) }})
+            as orders_fingerprint
+    from orders
+),
+
+new_order_state as (
+    select
+        count(*) as order_count,
+        bit_xor({{ row_fingerprint(['orders.order_id', 'orders.order_date', 'orders.customer_id', 'orders.city_id']) }})
+            as orders_fingerprint
+    from new_orders as orders
 ),
 
 final as (
@@ -122,22 +134,37 @@ final as (
         line_state.max_line_id,
         line_state.max_line_order_id,
         line_state.lines_fingerprint,
-        line_state.old_line_count,
-        line_state.old_lines_fingerprint,
+        -- without a previous load nothing is old (count 0, no fingerprint)
+        case when boundary.max_line_id is not null then line_state.line_count - new_line_state.line_count end
+            as old_line_count,
+        case
+            when boundary.max_line_id is not null
+                then coalesce(line_state.lines_fingerprint, 0) # coalesce(new_line_state.lines_fingerprint, 0)
+        end as old_lines_fingerprint,
         order_state.order_count,
         order_state.max_order_id,
         order_state.orders_fingerprint,
-        order_state.old_order_count,
-        order_state.old_orders_fingerprint,
+        case when boundary.max_order_id is not null then order_state.order_count - new_order_state.order_count end
+            as old_order_count,
+        case
+            when boundary.max_order_id is not null
+                then coalesce(order_state.orders_fingerprint, 0) # coalesce(new_order_state.orders_fingerprint, 0)
+        end as old_orders_fingerprint,
         -- set by fct_transactions when it consumes the row
         cast(null as bigint) as dims_fingerprint,
         -- lines above the previous highest id all belong to orders no earlier line belongs to
-        coalesce(line_state.min_new_line_order_id > boundary.max_line_order_id, true) as new_lines_in_new_orders,
+        coalesce(
+            case when boundary.max_line_id is not null then new_line_state.min_order_id end
+            > boundary.max_line_order_id,
+            true
+        ) as new_lines_in_new_orders,
         cast(null as timestamp) as consumed_at,
         cast(null as text) as load_path,
         cast(null as bigint) as appended_after_line_id
     from line_state
+    cross join new_line_state
     cross join order_state
+    cross join new_order_state
     cross join boundary
 )
 
