@@ -139,7 +139,9 @@ final as (
             as old_line_count,
         case
             when boundary.max_line_id is not null
-                then coalesce(line_state.lines_fingerprint, 0) # coalesce(new_line_state.lines_fingerprint, 0)
+                then int8xor(
+                    coalesce(line_state.lines_fingerprint, 0), coalesce(new_line_state.lines_fingerprint, 0)
+                )
         end as old_lines_fingerprint,
         order_state.order_count,
         order_state.max_order_id,
@@ -148,7 +150,9 @@ final as (
             as old_order_count,
         case
             when boundary.max_order_id is not null
-                then coalesce(order_state.orders_fingerprint, 0) # coalesce(new_order_state.orders_fingerprint, 0)
+                then int8xor(
+                    coalesce(order_state.orders_fingerprint, 0), coalesce(new_order_state.orders_fingerprint, 0)
+                )
         end as old_orders_fingerprint,
         -- set by fct_transactions when it consumes the row
         cast(null as bigint) as dims_fingerprint,
