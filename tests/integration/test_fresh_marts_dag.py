@@ -16,10 +16,12 @@ from tests.dbt.conftest import mirror
 
 pytestmark = pytest.mark.slow
 
-# The tables downstream of raw_store: dimensions that read it, the fact, both marts. No views, no tests.
+# The tables downstream of raw_store: dimensions that read it, the fact and its load log (which
+# lets the fact append the shop's new orders), both marts. No views, no tests.
 FRESH_MODELS = {
     "dim_customers",
     "dim_dates",
+    "fct_transactions_loads",
     "fct_transactions",
     "dm_revenue_by_months",
     "dm_perfomance_product_by_cities",
@@ -35,8 +37,13 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
     assert dag.timetable.expression == "* * * * *"
     assert dag.max_active_runs == 1 and not dag.catchup
     assert dag.get_task("dbt.dim_customers_run").upstream_task_ids == {"transform_has_run"}
+    assert dag.get_task("dbt.fct_transactions_run").upstream_task_ids == {
+        "dbt.dim_customers_run",
+        "dbt.fct_transactions_loads_run",
+    }
     assert dag.get_task("dbt.dm_revenue_by_months_run").upstream_task_ids == {
         "dbt.fct_transactions_run",
+        "dbt.fct_transactions_loads_run",
         "dbt.dim_dates_run",
     }
     # Never beside a dbt task of `transform`: each fresh task takes every slot of the pool they share.
