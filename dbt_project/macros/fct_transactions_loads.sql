@@ -74,7 +74,7 @@
     state the fact holds, and found the old part and the dimensions unchanged.
 #}
 {% macro fct_transactions_load_plan() %}
-    {% set compare = {'path': 'compare', 'after_line_id': none, 'load': none} %}
+    {% set compare = {'path': 'compare', 'after_line_id': none, 'min_order_id': none, 'load': none} %}
     {% if not execute %}
         {{ return(compare) }}
     {% endif %}
@@ -116,7 +116,12 @@
                 ),
                 false
             ) as can_append,
-            previous_load.max_line_id
+            previous_load.max_line_id,
+            -- the lowest order the new lines belong to: the append reads the order headers from there
+            (
+                select min(new_lines.order_id) from {{ ref('stg_order_details') }} as new_lines
+                where new_lines.order_detail_id > previous_load.max_line_id
+            ) as min_new_order_id
         from current_load
         left join previous_load
             on true
@@ -127,9 +132,9 @@
     {% endif %}
     {% set row = result.rows[0] %}
     {% if row[1] %}
-        {{ return({'path': 'append', 'after_line_id': row[2], 'load': row[0]}) }}
+        {{ return({'path': 'append', 'after_line_id': row[2], 'min_order_id': row[3], 'load': row[0]}) }}
     {% endif %}
-    {{ return({'path': 'compare', 'after_line_id': none, 'load': row[0]}) }}
+    {{ return({'path': 'compare', 'after_line_id': none, 'min_order_id': none, 'load': row[0]}) }}
 {% endmacro %}
 
 

@@ -13,13 +13,22 @@ months as (
     select * from {{ ref('dm_revenue_by_months') }}
 ),
 
+-- summed per day first, so the join to the calendar reads a few hundred rows, not every line
+fact_by_day as (
+    select
+        date_key,
+        sum(amount) as amount
+    from facts
+    group by date_key
+),
+
 fact_by_month as (
     select
         dates.month_start,
-        sum(facts.amount) as amount
-    from facts
+        sum(fact_by_day.amount) as amount
+    from fact_by_day
     left join dates
-        on facts.date_key = dates.date_key
+        on fact_by_day.date_key = dates.date_key
     group by dates.month_start
 ),
 

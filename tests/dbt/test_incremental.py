@@ -190,6 +190,28 @@ def test_append_loads_only_insert_and_still_equal_a_full_refresh(dbt: Dbt, datas
     assert dbt.rows_affected("fct_transactions") == 0
     assert_equals_full_refresh(dbt)
 
+    # New orders from customers new to their month: one by a customer who did not buy in the first
+    # order's month, one in a month without sales so far (after a month without any): the marts count
+    # each customer once more, add the month, and its growth stays null.
+    headers = pd.read_csv(dataset_copy / "orders.csv", dtype={"order_date": str})
+    dates = pd.to_datetime(headers["order_date"])
+    first_month_buyers = set(
+        headers.loc[dates.dt.to_period("M") == dates.iloc[0].to_period("M"), "customer_id"]
+    )
+    newcomer = next(c for c in headers["customer_id"] if c not in first_month_buyers)
+    later = (dates.max() + pd.offsets.MonthBegin(2)).strftime("%Y-%m-%d %H:%M:%S.000")
+    template = headers.iloc[0].to_dict()
+    extra = pd.DataFrame([template | {"order_id": max_order + 4, "customer_id": newcomer},
+                          template | {"order_id": max_order + 5, "order_date": later}])  # fmt: skip
+    pd.concat([headers, extra]).to_csv(dataset_copy / "orders.csv", index=False)
+    append_orders(dataset_copy, [(max_order + 4, 2), (max_order + 5, 3)])
+    reload(dbt.url, dataset_copy, "orders", "order_details")
+    dbt("build")
+    assert last_fact_load(dbt.url) == "append"
+    assert scalar(dbt.url, "select revenue_mom_growth_pct is null from marts.dm_revenue_by_months"
+                  " where month_start = date_trunc('month', %s::timestamp)", (later,)) is True  # fmt: skip
+    assert_equals_full_refresh(dbt)
+
     # A new line for an order that already has lines: still an append for the fact; the marts cannot
     # add it to their distinct order counts, and recompute.
     append_orders(dataset_copy, [(max_order + 1, 4)])

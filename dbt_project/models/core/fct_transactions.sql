@@ -22,12 +22,15 @@
     that this run's inputs are now what the fact holds.
 #}
 -- depends_on: {{ ref('fct_transactions_loads') }}
+-- The index on (customer_key, date_key), a foreign key's index as usual in a star, lets
+-- dm_revenue_by_months look up whether a new line's customer already bought in that month.
 {{
     config(
         materialized='incremental',
         unique_key='transaction_id',
         incremental_strategy='merge_or_append',
         on_schema_change='fail',
+        indexes=[{'columns': ['customer_key', 'date_key']}],
         post_hook=[
             "{% if is_incremental() and fct_transactions_load_plan().path == 'compare' %}
             -- after the merge the table holds every sold line, so it has more rows only when
@@ -67,6 +70,11 @@ order_lines as (
 
 orders as (
     select * from {{ ref('stg_orders') }}
+    {% if append_only and load_plan.min_order_id is not none %}
+        -- append: only the headers of the new lines' orders can join (a literal bound, so
+        -- PostgreSQL plans a small range instead of hashing every order header)
+        where order_id >= {{ load_plan.min_order_id }}
+    {% endif %}
 ),
 
 customers as (

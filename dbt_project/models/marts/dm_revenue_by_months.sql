@@ -83,17 +83,27 @@ new_lines as (
 ),
 
 {% if after_line_id is not none %}
-    -- customers of the new lines who already bought in that month (in the earlier lines)
-    returning_customers as (
+    -- each new line's customer and month (date_key / 100 = yyyymm)
+    new_customer_months as (
         select distinct
-            earlier_transactions.date_key / 100 as month_key,
-            earlier_transactions.customer_key
-        from earlier_transactions
-        where (earlier_transactions.date_key / 100, earlier_transactions.customer_key) in (
-            select
-                cast(to_char(new_lines.month_start, 'YYYYMM') as integer) as month_key,
-                new_lines.customer_key
-            from new_lines
+            cast(to_char(new_lines.month_start, 'YYYYMM') as integer) as month_key,
+            new_lines.customer_key
+        from new_lines
+    ),
+
+    -- those who already bought in that month (an earlier line), looked up through the fact's
+    -- index on (customer_key, date_key) rather than read from every earlier line
+    returning_customers as (
+        select
+            new_customer_months.month_key,
+            new_customer_months.customer_key
+        from new_customer_months
+        where exists (
+            select 1 from earlier_transactions
+            where
+                earlier_transactions.customer_key = new_customer_months.customer_key
+                and earlier_transactions.date_key between new_customer_months.month_key * 100 + 1
+                and new_customer_months.month_key * 100 + 31
         )
     ),
 {% endif %}

@@ -22,9 +22,11 @@ extract_renamed as (
         initcap(trim(gender)) as gender,
         _loaded_at as loaded_at
     from extract_customers
+    -- the source itself, not the shop_customers CTE: a CTE read twice is materialized, and a
+    -- materialized CTE keeps PostgreSQL from scanning this view with parallel workers
     where not exists (
-        select 1 from shop_customers
-        where shop_customers.id = extract_customers.customer_id
+        select 1 from {{ source('raw_store', 'shop_customer') }} as shop_rows
+        where shop_rows.id = extract_customers.customer_id
     )
 ),
 
