@@ -196,6 +196,8 @@
 
         select
             watermark.consumed_until is not null
+            -- the load the model last read is still in the log (not pruned), so are all after it
+            and exists (select 1 from loads where loads.consumed_at = watermark.consumed_until)
             and coalesce(
                 bool_and(
                     loads.load_path = 'append'

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import psycopg
 import pytest
 
 from tests.dbt.conftest import Dbt, assert_equals_full_refresh, last_fact_load, mirror, query, reload, scalar
@@ -254,6 +255,44 @@ def test_append_loads_only_insert_and_still_equal_a_full_refresh(dbt: Dbt, datas
     dbt("build")
     assert last_fact_load(dbt.url) == "append"
     assert dbt.rows_affected("fct_transactions") == 0
+    assert_equals_full_refresh(dbt)
+
+
+@pytest.mark.slow
+def test_load_log_keeps_a_week_and_what_the_next_runs_need(dbt: Dbt, dataset_copy: Path) -> None:
+    dbt("build")  # full refresh
+    headers = pd.read_csv(dataset_copy / "orders.csv", dtype={"order_date": str})
+    # An old order delivered elsewhere: a compare load, which re-checks every fact row.
+    headers.loc[0, "city_id"] = int(
+        headers.loc[headers["city_id"] != headers["city_id"].iloc[0], "city_id"].iloc[0]
+    )
+    headers.to_csv(dataset_copy / "orders.csv", index=False)
+    reload(dbt.url, dataset_copy, "orders")
+    dbt("build")
+    assert last_fact_load(dbt.url) == "compare"
+    dbt("build")
+    assert last_fact_load(dbt.url) == "append"
+
+    # Eight days later (the log and the marts' record of the last load they read, moved back).
+    week_ago = "- interval '8 days'"
+    with psycopg.connect(dbt.url, autocommit=True) as conn:
+        conn.execute(f"update core.fct_transactions_loads set loaded_at = loaded_at {week_ago},"
+                     f" consumed_at = consumed_at {week_ago}")  # fmt: skip
+        for mart in ("dm_revenue_by_months", "dm_perfomance_product_by_cities"):
+            conn.execute(f"update marts.{mart} set fact_loaded_at = fact_loaded_at {week_ago}")
+    paths_before = [row[0] for row in query(dbt.url, "select load_path from core.fct_transactions_loads"
+                                                     " order by loaded_at")]  # fmt: skip
+    assert paths_before == ["full refresh", "compare", "append"]
+
+    # New orders: the full refresh's row goes (older than a week, before the last whole check); the
+    # compare (the last whole check) and what followed stay; the marts still add the new lines.
+    max_order = scalar(dbt.url, "select max(order_id) from raw.orders")
+    append_orders(dataset_copy, [(max_order + 1, 1)], orders=[max_order + 1])
+    reload(dbt.url, dataset_copy, "orders", "order_details")
+    dbt("build")
+    paths_after = [row[0] for row in query(dbt.url, "select load_path from core.fct_transactions_loads"
+                                                    " order by loaded_at")]  # fmt: skip
+    assert paths_after == ["compare", "append", "append"]
     assert_equals_full_refresh(dbt)
 
 
