@@ -14,7 +14,7 @@ loads them into a throw-away database, and times:
    read the rows appended since its last whole-table check.
 
 Both builds run in this process through dbt's Python API (dbtRunner), as a long-lived worker
-runs dbt, so the timings leave out importing dbt (3.5 to 5 s here), which
+runs dbt, so the timings leave out importing dbt (about 3 s on 2 quiet cores), which
 every `dbt` command line pays whatever it builds. That import is timed once, before the builds,
 and the ratio is printed with it added to both too, which is what two `dbt build` command lines
 would show.
