@@ -41,6 +41,14 @@
     )
 }}
 
+{#- What a fact row is built from, on the line's side and on the order header's: each list
+    fingerprints the whole set and the new part, which must hash the same values. -#}
+{%- set line_columns = [
+    'order_lines.order_detail_id', 'order_lines.order_id', 'order_lines.product_id',
+    'order_lines.quantity', 'order_lines.unit_price', 'order_lines.amount'
+] %}
+{%- set order_columns = ['orders.order_id', 'orders.order_date', 'orders.customer_id', 'orders.city_id'] %}
+
 with
 
 -- the lines the fact is built from: the staged lines without those of cancelled orders (a
@@ -104,21 +112,14 @@ line_state as (
         count(*) as line_count,
         max(order_lines.order_detail_id) as max_line_id,
         max(order_lines.order_id) as max_line_order_id,
-        -- what a fact row is built from on the line's side
-        bit_xor({{ row_fingerprint([
-            'order_lines.order_detail_id', 'order_lines.order_id', 'order_lines.product_id',
-            'order_lines.quantity', 'order_lines.unit_price', 'order_lines.amount'
-        ]) }}) as lines_fingerprint
+        bit_xor({{ row_fingerprint(line_columns) }}) as lines_fingerprint
     from order_lines
 ),
 
 new_line_state as (
     select
         count(*) as line_count,
-        bit_xor({{ row_fingerprint([
-            'order_lines.order_detail_id', 'order_lines.order_id', 'order_lines.product_id',
-            'order_lines.quantity', 'order_lines.unit_price', 'order_lines.amount'
-        ]) }}) as lines_fingerprint,
+        bit_xor({{ row_fingerprint(line_columns) }}) as lines_fingerprint,
         min(order_lines.order_id) as min_order_id
     from new_order_lines as order_lines
 ),
@@ -127,8 +128,7 @@ order_state as (
     select
         count(*) as order_count,
         max(orders.order_id) as max_order_id,
-        -- what a fact row is built from on the order header's side
-        bit_xor({{ row_fingerprint(['orders.order_id', 'orders.order_date', 'orders.customer_id', 'orders.city_id']) }})
+        bit_xor({{ row_fingerprint(order_columns) }})
             as orders_fingerprint
     from orders
 ),
@@ -136,7 +136,7 @@ order_state as (
 new_order_state as (
     select
         count(*) as order_count,
-        bit_xor({{ row_fingerprint(['orders.order_id', 'orders.order_date', 'orders.customer_id', 'orders.city_id']) }})
+        bit_xor({{ row_fingerprint(order_columns) }})
             as orders_fingerprint
     from new_orders as orders
 ),
