@@ -22,12 +22,7 @@ extract_renamed as (
         initcap(trim(gender)) as gender,
         _loaded_at as loaded_at
     from extract_customers
-    -- the source itself, not the shop_customers CTE: a CTE read twice is materialized, and a
-    -- materialized CTE keeps PostgreSQL from scanning this view with parallel workers
-    where not exists (
-        select 1 from {{ source('raw_store', 'shop_customer') }} as shop_rows
-        where shop_rows.id = extract_customers.customer_id
-    )
+    where {{ not_in_shop('shop_customer', 'extract_customers.customer_id') }}
 ),
 
 shop_renamed as (

@@ -24,12 +24,7 @@ extract_renamed as (
         unit_sales as amount,
         _loaded_at as loaded_at
     from extract_lines
-    -- the source itself, not the shop_lines CTE: a CTE read twice is materialized, and a
-    -- materialized CTE keeps PostgreSQL from scanning this view with parallel workers
-    where not exists (
-        select 1 from {{ source('raw_store', 'shop_orderline') }} as shop_rows
-        where shop_rows.id = extract_lines.order_detail_id
-    )
+    where {{ not_in_shop('shop_orderline', 'extract_lines.order_detail_id') }}
 ),
 
 shop_renamed as (

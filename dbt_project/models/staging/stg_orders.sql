@@ -24,12 +24,7 @@ extract_renamed as (
         'delivered' as order_status,
         _loaded_at as loaded_at
     from extract_orders
-    -- the source itself, not the shop_orders CTE: a CTE read twice is materialized, and a
-    -- materialized CTE keeps PostgreSQL from scanning this view with parallel workers
-    where not exists (
-        select 1 from {{ source('raw_store', 'shop_order') }} as shop_rows
-        where shop_rows.id = extract_orders.order_id
-    )
+    where {{ not_in_shop('shop_order', 'extract_orders.order_id') }}
 ),
 
 shop_renamed as (
