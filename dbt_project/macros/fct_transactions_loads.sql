@@ -118,10 +118,7 @@
             ) as can_append,
             previous_load.max_line_id,
             -- the lowest order the new lines belong to: the append reads the order headers from there
-            (
-                select min(new_lines.order_id) from {{ ref('stg_order_details') }} as new_lines
-                where new_lines.order_detail_id > previous_load.max_line_id
-            ) as min_new_order_id
+            current_load.min_new_line_order_id
         from current_load
         left join previous_load
             on true

@@ -172,6 +172,8 @@ final as (
         end as old_orders_fingerprint,
         -- set by fct_transactions when it consumes the row
         cast(null as bigint) as dims_fingerprint,
+        -- the lowest order the lines above the previous highest id belong to (null without them)
+        case when boundary.max_line_id is not null then new_line_state.min_order_id end as min_new_line_order_id,
         -- lines above the previous highest id all belong to orders no earlier line belongs to
         coalesce(
             case when boundary.max_line_id is not null then new_line_state.min_order_id end
