@@ -60,7 +60,7 @@ run: db-up airflow-init manifest ## the pipeline: the shop's store, Airflow inge
 	@echo "connect: psql $$($(BIN)/apparel db url)"
 
 MANIFEST := $(STATE_DIR)/dbt/target/manifest.json
-DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' -o -name '*.md' 2>/dev/null | grep -v -e target/ -e logs/)
+DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' -o -name '*.md' -o -name '*.csv' 2>/dev/null | grep -v -e target/ -e logs/)
 
 manifest: $(MANIFEST) ## dbt parse: the manifest Cosmos renders the transform DAG from (no database needed)
 
