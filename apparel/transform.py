@@ -24,7 +24,16 @@ from apparel.config import load_settings
 from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env
 from apparel.store import MIRROR_SCHEMA, STORE_TABLES
 
-MARTS = ("dm_revenue_by_months", "dm_perfomance_product_by_cities")
+MARTS = (
+    "dm_revenue_by_months",
+    "dm_perfomance_product_by_cities",
+    "dm_customer_segments",
+    "dm_cohort_retention",
+    "dm_product_affinity",
+    "dm_market_reach",
+)
+# Exposures (the Superset dashboards in the dbt docs' lineage) are documentation, not work: no task.
+NOT_RENDERED = ["resource_type:exposure"]
 STREAMED_SOURCE = MIRROR_SCHEMA  # the dbt source of the mirror is named after its schema
 DBT_POOL = "dbt_warehouse"
 # As many slots as Airflow runs tasks at once.
@@ -61,6 +70,7 @@ def cosmos_configs() -> dict:
         "render_config": RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             test_behavior=TestBehavior.AFTER_EACH,
+            exclude=NOT_RENDERED,
             # Tests that read two models (relationships, reconciliations) get their own task after both;
             # otherwise Cosmos runs them with one parent, possibly before the other model exists.
             should_detach_multiple_parents_tests=True,
@@ -93,7 +103,7 @@ def fresh_marts_configs() -> dict:
         load_method=LoadMode.DBT_MANIFEST,
         # Everything downstream of each mirrored table (Cosmos names a source `<source>.<table>`).
         select=[f"source:{STREAMED_SOURCE}.{table.name}+" for table in STORE_TABLES],
-        exclude=["config.materialized:view"],
+        exclude=["config.materialized:view", *NOT_RENDERED],
         test_behavior=TestBehavior.NONE,
         emit_datasets=False,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,27 @@ def fresh_db(pg_admin_url: str) -> Iterator[str]:
     yield url
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def drop_replication_slot(admin_url: str, slot: str) -> None:
+    """Drop a stream's replication slot (it pins its database): end its walsender if one is left,
+    and retry while the walsender is still letting go of it."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            "select pg_terminate_backend(active_pid) from pg_replication_slots"
+            " where slot_name = %s and active_pid is not null",
+            (slot,),
+        )
+        for _ in range(50):
+            try:
+                conn.execute(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                    " where slot_name = %s",
+                    (slot,),
+                )
+                return
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.1)
 
 
 def query(url: str, sql: str, params: tuple | dict | None = None) -> list[tuple]:

@@ -10,21 +10,20 @@ from airflow.dag_processing.dagbag import DagBag
 
 from apparel.config import PROJECT_ROOT
 from apparel.dbt_runner import run_dbt
-from apparel.transform import DBT_POOL, DBT_POOL_SLOTS
+from apparel.transform import DBT_POOL, DBT_POOL_SLOTS, MARTS
 from tests.conftest import airflow_dags_test, scalar
 from tests.dbt.conftest import mirror
 
 pytestmark = pytest.mark.slow
 
 # The tables downstream of raw_store: dimensions that read it, the fact and its load log (which
-# lets the fact append the shop's new orders), both marts. No views, no tests.
+# lets the fact append the shop's new orders), every mart. No views, no tests, no exposures.
 FRESH_MODELS = {
     "dim_customers",
     "dim_dates",
     "fct_transactions_loads",
     "fct_transactions",
-    "dm_revenue_by_months",
-    "dm_perfomance_product_by_cities",
+    *MARTS,
 }
 TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+).*?")
 
@@ -51,16 +50,22 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
         task = dag.get_task(task_id)
         assert (task.pool, task.pool_slots) == (DBT_POOL, DBT_POOL_SLOTS)
     assert {t.pool for t in bag.dags["transform"].tasks if t.task_id.startswith("dbt.")} == {DBT_POOL}
-    assert {o.name for o in dag.get_task("publish_marts").outlets} == {
-        "marts.dm_revenue_by_months",
-        "marts.dm_perfomance_product_by_cities",
-    }
+    assert {o.name for o in dag.get_task("publish_marts").outlets} == {f"marts.{m}" for m in MARTS}
 
 
 def test_a_shop_order_reaches_the_monthly_mart(airflow_env, loaded_db: str, tmp_path) -> None:
     # The model as the daily transform leaves it (without its tests, which it runs itself).
     built = run_dbt(
-        ["build", "--resource-type", "snapshot", "--resource-type", "model", "--quiet"],
+        [
+            "build",
+            "--resource-type",
+            "seed",
+            "--resource-type",
+            "snapshot",
+            "--resource-type",
+            "model",
+            "--quiet",
+        ],
         url=loaded_db,
         target_path=tmp_path / "dbt-target",
         check=False,
@@ -114,6 +119,18 @@ def test_a_shop_order_reaches_the_monthly_mart(airflow_env, loaded_db: str, tmp_
             " join core.dim_customers c using (customer_key) where f.transaction_id = %s",
             (line,),
         ).fetchone()
+        # The business marts too: a new customer, and the newest order day everything is measured to.
+        segment = conn.execute(
+            "select full_name, total_orders, revenue, recency_days, rfm_segment"
+            " from marts.dm_customer_segments where customer_id = %s",
+            (customer,),
+        ).fetchone()
+        reach = conn.execute(
+            "select last_order_date = (now() at time zone 'Asia/Jakarta')::date, revenue_last_90_days"
+            " from marts.dm_market_reach where city_id = 91"
+        ).fetchone()
+    assert segment == ("Budi Santoso", 1, 330_000, 0, "New")
+    assert reach == (True, 330_000)
     assert month == (1, 330_000)
     assert fact == (330_000, "Budi Santoso")
     assert city is not None and city[0] >= 330_000

@@ -7,6 +7,7 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 
 from apparel.config import PROJECT_ROOT
+from apparel.transform import MARTS
 from tests.conftest import DATASET_DIR, airflow_dags_test
 
 pytestmark = pytest.mark.slow
@@ -19,17 +20,16 @@ def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
         "stg_orders",
         "dim_products",
         "fct_transactions",
-        "dm_revenue_by_months",
-        "dm_perfomance_product_by_cities",
+        *MARTS,
     ]:
         assert f"dbt.{model}.run" in task_ids
         assert f"dbt.{model}.test" in task_ids
         # Each model's tests run right after it, before anything downstream of it.
         assert dag.get_task(f"dbt.{model}.test").upstream_task_ids == {f"dbt.{model}.run"}
-    assert {o.name for o in dag.get_task("publish_marts").outlets} == {
-        "marts.dm_revenue_by_months",
-        "marts.dm_perfomance_product_by_cities",
-    }
+    assert {o.name for o in dag.get_task("publish_marts").outlets} == {f"marts.{m}" for m in MARTS}
+    # The seed the market map joins on loads before the mart; exposures are docs, not tasks.
+    assert dag.get_task("dbt.province_iso_codes.seed").downstream_task_ids == {"dbt.province_iso_codes.test"}
+    assert not [t for t in task_ids if "dashboard" in t]
     # One run per ingest, after all of its loads: scheduled on the raw layer, not on each table.
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["raw"]
 

@@ -19,6 +19,7 @@ from apparel.bench_stream import compare_store_warehouse
 from apparel.config import PROJECT_ROOT, with_database
 from apparel.store import MIRROR_SCHEMA, store_ddl
 from apparel.stream import StreamStats, run_stream
+from tests.conftest import drop_replication_slot
 
 DATASET_DIR = PROJECT_ROOT / "dataset"
 
@@ -149,23 +150,8 @@ def make_stream_env(store_admin_url: str, warehouse_admin_url: str) -> Iterator[
     try:
         yield env
     finally:
+        drop_replication_slot(store_admin_url, slot)
         with psycopg.connect(store_admin_url, autocommit=True) as conn:
-            # A slot pins its database: end its walsender (if a test left one), drop it, then the databases.
-            conn.execute(
-                "select pg_terminate_backend(active_pid) from pg_replication_slots"
-                " where slot_name = %s and active_pid is not null",
-                (slot,),
-            )
-            for _ in range(50):
-                try:
-                    conn.execute(
-                        "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-                        " where slot_name = %s",
-                        (slot,),
-                    )
-                    break
-                except psycopg.errors.ObjectInUse:
-                    threading.Event().wait(0.1)
             conn.execute(f'drop database if exists "{store_db}" with (force)')
         try:
             with psycopg.connect(warehouse_admin_url, autocommit=True) as conn:

@@ -11,7 +11,6 @@ real way: a shop database, the CDC stream, the simulator.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import secrets
 import threading
@@ -43,7 +42,7 @@ from apparel.superset_setup import (
     start_server,
     stop_server,
 )
-from tests.conftest import DATASET_DIR, load_all
+from tests.conftest import DATASET_DIR, drop_replication_slot, load_all
 
 
 @dataclass(frozen=True)
@@ -201,15 +200,5 @@ def live_store(superset: RunningSuperset, pg_admin_url: str) -> Iterator[LiveSto
             stop.set()
             if running is not None:
                 running.result(timeout=60)
-            # The slot pins the store database; the stream's walsender may take a moment to end.
-            with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-                for _ in range(50):
-                    with contextlib.suppress(psycopg.errors.ObjectInUse):
-                        conn.execute(
-                            "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-                            " where slot_name = %s",
-                            (slot,),
-                        )
-                        break
-                    time.sleep(0.1)
+            drop_replication_slot(pg_admin_url, slot)
             _drop_database(pg_admin_url, store_db)
