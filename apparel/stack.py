@@ -771,6 +771,9 @@ def print_urls(st: StackSettings, services: list[str]) -> None:
             "Superset", f"{ss.base_url}/superset/dashboard/sales/", f"{ss.admin_user} / {ss.admin_password}"
         )
         table.add_row("Superset (live)", f"{ss.base_url}/superset/dashboard/live-orders/", "the same")
+        table.add_row(
+            "Superset (customers)", f"{ss.base_url}/superset/dashboard/customers-markets/", "the same"
+        )
     if "dbt-docs" in services:
         table.add_row("dbt docs", f"{st.docs_url}/", "")
     table.add_row("warehouse", st.settings.warehouse_url, "")

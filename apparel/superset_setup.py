@@ -609,6 +609,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(f"imported {count} asset files from {ASSETS_DIR.relative_to(PROJECT_ROOT)}/")
     print(f"Superset: {ss.base_url}/superset/dashboard/sales/")
     print(f"live:     {ss.base_url}/superset/dashboard/live-orders/")
+    print(f"markets:  {ss.base_url}/superset/dashboard/customers-markets/")
     print(f"login:    {ss.admin_user} / {ss.admin_password}   (from .env: SUPERSET_ADMIN_PASSWORD)")
     print(f"log:      {ss.log_file}")
     return 0

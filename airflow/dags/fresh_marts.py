@@ -2,7 +2,7 @@
 
 The CDC stream (`apparel stream`) mirrors the shop's tables into raw_store within a second; this
 DAG rebuilds only the tables downstream of them (the dimensions that read them, the incremental
-`fct_transactions` and both marts), so an order placed in the shop reaches the marts within two
+`fct_transactions` and every mart), so an order placed in the shop reaches the marts within two
 minutes. Tests stay in the daily `transform`; this DAG also checks the stream's freshness. It and
 `transform` share a pool so they never build the same models at once (see apparel.transform).
 """
