@@ -40,6 +40,7 @@ def _dashboard_charts(slug: str) -> dict[str, str]:
 
 SALES_CHARTS = _dashboard_charts("sales")
 LIVE_CHARTS = _dashboard_charts("live-orders")
+CM_CHARTS = _dashboard_charts("customers-markets")
 
 
 def query(url: str, sql: str) -> list[tuple]:
@@ -197,13 +198,101 @@ def test_import_again_changes_nothing(superset: RunningSuperset, tmp_path: Path)
 
     before = counts()
     files = {kind: sum(1 for _ in (ASSETS_DIR / f"{kind}s").rglob("*.yaml")) for kind in before}
-    assert before == files == {"dashboard": 2, "chart": 19, "dataset": 7, "database": 1}
+    assert before == files == {"dashboard": 3, "chart": 25, "dataset": 11, "database": 1}
     import_assets(client, superset.settings)
     assert counts() == before
     # Exporting what was imported reproduces the committed YAML: `make superset-export` is a no-op.
     copy = tmp_path / "assets"
     shutil.copytree(ASSETS_DIR, copy)
     assert export_assets(client, superset.settings, copy) == []
+
+
+# ----------------------------------------------------------------------------- Customers & markets
+
+
+@pytest.fixture(scope="module")
+def cm_data(superset: RunningSuperset) -> dict[str, list[dict[str, Any]]]:
+    return fetch_chart_data(superset, "customers-markets", CM_CHARTS)
+
+
+def test_cm_every_chart_returns_rows(cm_data: dict[str, list[dict[str, Any]]]) -> None:
+    assert len(cm_data) == 6
+    assert_every_chart_returns_rows(cm_data)
+
+
+def test_segments_equal_the_mart(superset: RunningSuperset, cm_data: dict) -> None:
+    mart = query(
+        superset.warehouse_url,
+        "select rfm_segment, count(*), sum(revenue) from marts.dm_customer_segments group by 1",
+    )
+    customers = {r["rfm_segment"]: r["customers"] for r in rows(cm_data, "segment_customers")}
+    revenue = [(r["rfm_segment"], r["revenue"]) for r in rows(cm_data, "segment_revenue")]
+    assert customers == {segment: n for segment, n, _ in mart}
+    assert revenue == sorted(((s, r) for s, _, r in mart), key=lambda x: -x[1]), "largest first"
+    assert sum(customers.values()) == scalar(
+        superset.warehouse_url, "select count(distinct customer_key) from core.fct_transactions"
+    )
+
+
+def test_cohort_heatmap_cells_equal_the_mart(superset: RunningSuperset, cm_data: dict) -> None:
+    mart = query(
+        superset.warehouse_url,
+        "select cohort_month, months_since_first_order, retention_pct from marts.dm_cohort_retention",
+    )
+    cells = {
+        (epoch_ms(r["cohort_month"]).date(), r["months_since_first_order"]): r["retention"]
+        for r in rows(cm_data, "cohort_retention")
+    }
+    assert len(cells) == len(mart), "one cell per row of the mart"
+    # The chart's ratio is unrounded; the mart's percentage has two decimals.
+    assert cells == {(c, m): pytest.approx(float(p) / 100, abs=5.1e-5) for c, m, p in mart}
+
+
+def test_top_pairs_need_the_minimum_and_go_by_lift(superset: RunningSuperset, cm_data: dict) -> None:
+    params = yaml.safe_load((ASSETS_DIR / "charts" / "product_pairs.yaml").read_text())["params"]
+    [rule] = [f for f in params["adhoc_filters"] if f["subject"] == "orders_together"]
+    assert rule["operator"] == ">="
+    minimum = int(rule["comparator"])
+    pairs = rows(cm_data, "product_pairs")
+    assert len(pairs) == 10 and all(p["orders_together"] >= minimum for p in pairs)
+    lifts = [p["lift"] for p in pairs]
+    assert lifts == sorted(lifts, reverse=True)
+    expected = query(
+        superset.warehouse_url,
+        "select product_name_a, size_a, product_name_b, size_b, orders_together, lift"
+        f" from marts.dm_product_affinity where orders_together >= {minimum}"
+        " order by lift desc, orders_together desc limit 10",
+    )
+    keys = ("product_name_a", "size_a", "product_name_b", "size_b", "orders_together")
+    assert [(*(p[k] for k in keys), p["lift"]) for p in pairs] == [(*r[:5], float(r[5])) for r in expected]
+
+
+def test_province_map_equals_the_mart(superset: RunningSuperset, cm_data: dict) -> None:
+    mart = dict(
+        query(
+            superset.warehouse_url,
+            "select province_iso_code, sum(revenue) from marts.dm_market_reach group by 1",
+        )
+    )
+    charted = {r["province_iso_code"]: r["revenue"] for r in rows(cm_data, "province_revenue_map")}
+    assert charted == mart
+    assert {"ID-JB", "ID-PB", "ID-SA"} <= set(charted), "ISO 3166-2 codes, as the map's GeoJSON has them"
+
+
+def test_top_cities_equal_the_mart(superset: RunningSuperset, cm_data: dict) -> None:
+    columns = (
+        "city_name",
+        "revenue",
+        "revenue_last_90_days",
+        "revenue_previous_90_days",
+        "revenue_growth_pct",
+    )
+    mart = query(
+        superset.warehouse_url,
+        f"select {', '.join(columns)} from marts.dm_market_reach order by revenue desc, city_name limit 10",
+    )
+    table = [tuple(r[c] for c in columns) for r in rows(cm_data, "city_growth")]
+    assert table == [(*r[:4], None if r[4] is None else float(r[4])) for r in mart]
 
 
 # ------------------------------------------------------------------------------------- Live orders

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from apparel.config import PROJECT_ROOT
+from tests.conftest import query
 from tests.superset.conftest import LiveStore, RunningSuperset
 
 pytestmark = pytest.mark.slow
@@ -24,22 +25,27 @@ pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 
-# Per chart: rendered when its container holds a canvas (ECharts), an svg, table rows or a big
-# number. (Looking inside the container: the chart's header has an svg icon of its own.)
+# Per chart: rendered when its container holds a canvas (ECharts, also the heatmap), an svg, table
+# rows or a big number. (Looking inside the container: the chart's header has an svg icon of its
+# own.) The country map appends its svg before it has fetched its GeoJSON: it counts once its
+# regions are drawn (and a map that cannot load shows an .alert-danger instead).
 RENDER_STATE = """() => {
   const drawn = '.chart-container canvas, .chart-container svg, .chart-container table tbody tr, '
     + '.chart-container .header-line';
+  const isDrawn = c => c.querySelector('.superset-legacy-chart-country-map')
+    ? c.querySelector('.superset-legacy-chart-country-map path.region') !== null
+    : c.querySelector(drawn) !== null;
   const charts = [...document.querySelectorAll('.dashboard-component-chart-holder')]
     .filter(c => c.querySelector('.chart-container'));
   return {
     containers: document.querySelectorAll('.chart-container').length,
     loading: document.querySelectorAll('.loading').length,
-    rendered: charts.filter(c => c.querySelector(drawn)).length,
+    rendered: charts.filter(isDrawn).length,
     errors: [...document.querySelectorAll(
       '.dashboard-component-chart-holder [data-test="error-message"], '
       + '.dashboard-component-chart-holder .ant-alert-error, .dashboard-component-chart-holder .alert-danger'
     )].map(e => e.innerText.slice(0, 300)),
-    titles: charts.filter(c => !c.querySelector(drawn))
+    titles: charts.filter(c => !isDrawn(c))
       .map(c => (c.querySelector('.header-title') || c).innerText.slice(0, 80)),
   };
 }"""
@@ -113,6 +119,24 @@ def test_sales_dashboard_renders_every_chart(superset: RunningSuperset, browser:
     assert "Django Apparel: Sales" in text
     assert "Rp 22,746,740,000" in text, "revenue KPI in rupiah with thousands separators"
     print(f"sales dashboard rendered 11 charts in {seconds:.1f} s")
+
+
+def test_customers_markets_dashboard_renders_every_chart(superset: RunningSuperset, browser: Browser) -> None:
+    page = browser.page
+    text, seconds = open_dashboard(page, superset.settings.base_url, "customers-markets", 6)
+    assert browser.errors == []
+    assert "Django Apparel: Customers & markets" in text
+    # The map colours each province the mart has a code for: the codes match the map's GeoJSON.
+    provinces = query(
+        superset.warehouse_url,
+        "select count(distinct province_iso_code) from marts.dm_market_reach",
+    )[0][0]
+    filled = page.evaluate(
+        """() => [...document.querySelectorAll('.superset-legacy-chart-country-map path.region')]
+          .filter(p => p.style.fill && p.style.fill !== 'none').length"""
+    )
+    assert filled == provinces > 0
+    print(f"customers & markets dashboard rendered 6 charts in {seconds:.1f} s")
 
 
 def big_number(page: Any, chart_name: str) -> str:

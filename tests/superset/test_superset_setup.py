@@ -60,7 +60,16 @@ def test_bundle_points_the_connection_at_the_configured_warehouse() -> None:
         database = yaml.safe_load(bundle.read(db_file))
     assert database["sqlalchemy_uri"] == "postgresql+psycopg2://reader@db.internal:6543/dwh"
     assert "pw" not in database["sqlalchemy_uri"]
-    assert sum("/charts/" in n for n in names) == sum(1 for _ in (ASSETS_DIR / "charts").glob("*.yaml")) == 19
+    assert sum("/charts/" in n for n in names) == sum(1 for _ in (ASSETS_DIR / "charts").glob("*.yaml")) == 25
+
+
+def _placed(dashboard: dict) -> dict[int, str]:
+    """The charts a dashboard's position places: chartId -> uuid."""
+    return {
+        i["meta"]["chartId"]: str(i["meta"]["uuid"])
+        for i in dashboard["position"].values()
+        if isinstance(i, dict) and "uuid" in i.get("meta", {})
+    }
 
 
 def test_assets_link_by_uuid_and_charts_can_answer_the_data_endpoint() -> None:
@@ -73,20 +82,55 @@ def test_assets_link_by_uuid_and_charts_can_answer_the_data_endpoint() -> None:
         assert str(chart["dataset_uuid"]) in datasets
         assert json.loads(chart["query_context"])["queries"], f"{chart['slice_name']} needs a query_context"
     dashboards = {d["slug"]: d for p, d in docs.items() if p.parent.name == "dashboards"}
-    assert set(dashboards) == {"sales", "live-orders"}
-    placed = {
-        slug: {
-            i["meta"]["uuid"]
-            for i in dashboard["position"].values()
-            if isinstance(i, dict) and "uuid" in i.get("meta", {})
-        }
-        for slug, dashboard in dashboards.items()
+    assert set(dashboards) == {"sales", "live-orders", "customers-markets"}
+    placed = {slug: set(_placed(dashboard).values()) for slug, dashboard in dashboards.items()}
+    for slug, dashboard in dashboards.items():
+        items = [
+            i for i in dashboard["position"].values() if isinstance(i, dict) and i.get("type") == "CHART"
+        ]
+        assert all(isinstance(i["meta"].get("chartId"), int) for i in items), f"{slug}: CHART-* needs chartId"
+        assert len(placed[slug]) == len(items), f"{slug}: a chart placed twice or without uuid"
+    assert set().union(*placed.values()) == set(charts), "every chart is on a dashboard"
+    assert sum(map(len, placed.values())) == len(charts), "no chart on two dashboards"
+    filters = {
+        slug: {f["name"] for f in d["metadata"].get("native_filter_configuration", [])}
+        for slug, d in dashboards.items()
     }
-    assert placed["sales"] | placed["live-orders"] == set(charts), "every chart is on a dashboard"
-    assert not placed["sales"] & placed["live-orders"]
-    dashboard = dashboards["sales"]
-    filters = {f["name"] for f in dashboard["metadata"]["native_filter_configuration"]}
-    assert filters == {"Province", "Category", "Month"}
+    assert filters["sales"] == {"Province", "Category", "Month"}
+    assert filters["customers-markets"] == {"Province", "Segment"}
+
+
+def test_native_filters_scope_exactly_the_charts_whose_dataset_has_the_column() -> None:
+    """A filter on a column the chart's dataset lacks would break its query: such charts are excluded,
+    and every other chart is in scope."""
+    docs = {p: yaml.safe_load(p.read_text()) for p in ASSETS_DIR.rglob("*.yaml")}
+    columns = {
+        str(d["uuid"]): {c["column_name"] for c in d["columns"]}
+        for p, d in docs.items()
+        if p.parent.parent.name == "datasets"
+    }
+    dataset_of = {
+        str(d["uuid"]): str(d["dataset_uuid"]) for p, d in docs.items() if p.parent.name == "charts"
+    }
+    for dashboard in (d for p, d in docs.items() if p.parent.name == "dashboards"):
+        placed = _placed(dashboard)
+        for native_filter in dashboard["metadata"].get("native_filter_configuration", []):
+            [target] = native_filter["targets"]
+            column = target["column"]["name"]
+            assert column in columns[str(target["datasetUuid"])], native_filter["name"]
+            in_scope = set(placed) - set(native_filter["scope"]["excluded"])
+            with_column = {i for i, uuid in placed.items() if column in columns[dataset_of[uuid]]}
+            assert in_scope == with_column, f"{dashboard['slug']}: {native_filter['name']}"
+
+
+def test_country_map_is_keyed_by_province_codes_and_keeps_its_colours() -> None:
+    docs = [yaml.safe_load(p.read_text()) for p in ASSETS_DIR.rglob("*.yaml")]
+    [country_map] = [d for d in docs if d.get("viz_type") == "country_map"]
+    assert country_map["params"]["select_country"] == "indonesia"
+    assert country_map["params"]["entity"] == "province_iso_code"  # ISO 3166-2, as the GeoJSON's ISO
+    # A dashboard's categorical palette would override the map's sequential one.
+    [dashboard] = [d for d in docs if country_map["uuid"] in str(d.get("position"))]
+    assert not dashboard["metadata"]["color_scheme"]
 
 
 def test_export_normalisation_replaces_instance_ids() -> None:
