@@ -36,7 +36,8 @@ by_measure as (
 ordered as (
     select
         *,
-        lag(highest_score) over (partition by score order by measure) as worse_measure_score
+        -- no order date at all (a line without its order header) is the least recent
+        lag(highest_score) over (partition by score order by measure nulls first) as worse_measure_score
     from by_measure
 ),
 

@@ -5,7 +5,8 @@ result equals a full refresh.
 When the load log proves the already loaded lines, their order headers and the dimensions
 unchanged, a run only appends the new lines ("append"); anything else makes it compare every line
 ("compare"). The marts add appended lines of new orders to their totals, and recompute otherwise.
-Whatever the path, the fact and both marts equal a rebuild from scratch."""
+Whatever the path, the fact and both marts equal a rebuild from scratch, and every mart equals an
+independent pandas recomputation from the files and the shop's rows (tests/dbt/recompute.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import pandas as pd
 import psycopg
 import pytest
 
+from apparel.transform import MARTS
+from tests.conftest import DATASET_DIR
 from tests.dbt.conftest import Dbt, assert_equals_full_refresh, last_fact_load, mirror, query, reload, scalar
+from tests.dbt.recompute import assert_marts_equal, sales_from_files_and_mirror
 
 NEW_ORDERS = 25
 LATE_CUSTOMER = 900_001  # ordered in the later extract, delivered by the customers extract after that
@@ -142,7 +146,7 @@ def test_incremental_run_processes_only_new_and_changed_lines(dbt: Dbt, dataset_
     assert dbt.rows_affected("fct_transactions") == len(incremental)
     assert query(dbt.url, FACT) == incremental
     # The marts followed every one of those changes too.
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
 
 def append_orders(dataset: Path, lines: list[tuple[int, int]], orders: list[int] | None = None) -> list[int]:
@@ -178,18 +182,17 @@ def test_append_loads_only_insert_and_still_equal_a_full_refresh(dbt: Dbt, datas
     dbt("build")
     assert last_fact_load(dbt.url) == "append"
     assert dbt.rows_affected("fct_transactions") == len(new_ids)
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
     # As the Airflow DAG runs them (Cosmos): every model in a dbt invocation of its own.
     new_ids = append_orders(dataset_copy, [(max_order + 3, 6)], orders=[max_order + 3])
     reload(dbt.url, dataset_copy, "orders", "order_details")
-    for model in ("fct_transactions_loads", "fct_transactions", "dm_revenue_by_months",
-                  "dm_perfomance_product_by_cities"):  # fmt: skip
+    for model in ("fct_transactions_loads", "fct_transactions", *MARTS):
         dbt("run", "--select", model)
     assert last_fact_load(dbt.url) == "append"
     dbt("run", "--select", "fct_transactions")
     assert dbt.rows_affected("fct_transactions") == 0
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
     # New orders from customers new to their month: one by a customer who did not buy in the first
     # order's month, one in a month without sales so far (after a month without any): the marts count
@@ -211,7 +214,7 @@ def test_append_loads_only_insert_and_still_equal_a_full_refresh(dbt: Dbt, datas
     assert last_fact_load(dbt.url) == "append"
     assert scalar(dbt.url, "select revenue_mom_growth_pct is null from marts.dm_revenue_by_months"
                   " where month_start = date_trunc('month', %s::timestamp)", (later,)) is True  # fmt: skip
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
     # A new line for an order that already has lines: still an append for the fact; the marts cannot
     # add it to their distinct order counts, and recompute.
@@ -220,14 +223,15 @@ def test_append_loads_only_insert_and_still_equal_a_full_refresh(dbt: Dbt, datas
     dbt("build")
     assert last_fact_load(dbt.url) == "append"
     assert dbt.rows_affected("fct_transactions") == 1
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
     # A line whose order header has not arrived yet (an id above every order): appended with unknown
     # keys; when its header arrives, the run compares, and the line gets its keys.
     late = append_orders(dataset_copy, [(max_order + 10, 5)])
     reload(dbt.url, dataset_copy, "order_details")
-    # (a line without its order header belongs to no month: that reconciliation reports it, by design)
-    dbt("build", "--exclude", "assert_revenue_by_months_equals_fct")
+    # (a line without its order header belongs to no month: the monthly and cohort reconciliations
+    # report it, by design)
+    dbt("build", "--exclude", "assert_revenue_by_months_equals_fct", "assert_cohort_revenue_equals_fct")
     assert last_fact_load(dbt.url) == "append"
     assert customer_keys(dbt.url, late) == {"-1"}
     append_orders(dataset_copy, [], orders=[max_order + 10])
@@ -235,7 +239,7 @@ def test_append_loads_only_insert_and_still_equal_a_full_refresh(dbt: Dbt, datas
     dbt("build")
     assert last_fact_load(dbt.url) == "compare"
     assert customer_keys(dbt.url, late) != {"-1"}
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
     # An old order delivered elsewhere (its header changed): compare, and only its lines rewritten.
     headers = pd.read_csv(dataset_copy / "orders.csv", dtype={"order_date": str})
@@ -249,13 +253,13 @@ def test_append_loads_only_insert_and_still_equal_a_full_refresh(dbt: Dbt, datas
     assert dbt.rows_affected("fct_transactions") == scalar(
         dbt.url, "select count(*) from raw.order_details where order_id = %s", (moved,)
     )
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
     # Nothing new: an append of nothing.
     dbt("build")
     assert last_fact_load(dbt.url) == "append"
     assert dbt.rows_affected("fct_transactions") == 0
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
 
 @pytest.mark.slow
@@ -293,7 +297,7 @@ def test_load_log_keeps_a_week_and_what_the_next_runs_need(dbt: Dbt, dataset_cop
     paths_after = [row[0] for row in query(dbt.url, "select load_path from core.fct_transactions_loads"
                                                     " order by loaded_at")]  # fmt: skip
     assert paths_after == ["compare", "append", "append"]
-    assert_equals_full_refresh(dbt)
+    assert_equals_full_refresh(dbt, dataset_copy)
 
 
 # ------------------------------------------------------------------------------ the shop's mirror
@@ -426,6 +430,7 @@ def test_incremental_run_follows_the_shops_inserts_updates_deletes_and_cancels(d
         )
         == 1
     )
+    assert_marts_equal(dbt.url, sales_from_files_and_mirror(DATASET_DIR, dbt.url))
 
     # Later: the shop cancels its new order and the customer changes the updated line back.
     mirror_at(
@@ -437,6 +442,7 @@ def test_incremental_run_follows_the_shops_inserts_updates_deletes_and_cancels(d
     dbt("build", "--select", "stg_orders+", "stg_order_details+")
     assert dbt.rows_affected("fct_transactions") == 1
     assert fact_ids(dbt.url, [line["id"] for line in new_lines]) == set()
+    assert_marts_equal(dbt.url, sales_from_files_and_mirror(DATASET_DIR, dbt.url))
 
     incremental = query(dbt.url, FACT)
     dbt("run", "--full-refresh", "--select", "fct_transactions")
