@@ -6,8 +6,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,92 @@ class StreamEnv:
         with psycopg.connect(self.warehouse_url) as conn:
             return conn.execute(query, params).fetchall()
 
+    def state_lsn(self) -> int:
+        """The stream's stored position (`_stream_state.lsn`) as a number of WAL bytes; 0 when none."""
+        if not self.warehouse("select to_regclass(%s)", (f"{MIRROR_SCHEMA}._stream_state",))[0][0]:
+            return 0
+        rows = self.warehouse(
+            f"select (lsn - '0/0')::bigint from {MIRROR_SCHEMA}._stream_state where slot_name = %s",
+            (self.slot,),
+        )
+        return rows[0][0] if rows else 0
+
+    def last_batch_id(self) -> int:
+        rows = self.warehouse(
+            f"select coalesce(max(batch_id), 0) from {MIRROR_SCHEMA}._stream_batches where slot_name = %s",
+            (self.slot,),
+        )
+        return rows[0][0]
+
+    def batches_after(self, batch_id: int) -> int:
+        """Batches of store transactions (not the initial copy) committed after batch `batch_id`."""
+        return self.warehouse(
+            f"select count(*) from {MIRROR_SCHEMA}._stream_batches"
+            " where slot_name = %s and batch_id > %s and transactions > 0",
+            (self.slot, batch_id),
+        )[0][0]
+
+    def stream_sessions(self, *, waiting_on_lock: bool = False) -> int:
+        """The stream's connections to the warehouse database (optionally: those waiting on a lock)."""
+        return self.warehouse(
+            "select count(*) from pg_stat_activity where datname = current_database()"
+            " and application_name = 'apparel stream' and pid <> pg_backend_pid()"
+            + (" and wait_event_type = 'Lock'" if waiting_on_lock else "")
+        )[0][0]
+
+    def slot_active(self) -> bool:
+        with psycopg.connect(self.store_url) as conn:
+            row = conn.execute(
+                "select active from pg_replication_slots where slot_name = %s", (self.slot,)
+            ).fetchone()
+        return bool(row and row[0])
+
+    def wait_released(self) -> None:
+        """After a kill: wait until the dead stream's warehouse sessions have ended (whatever they had
+        not committed is rolled back) and its walsender has let go of the slot."""
+        wait_for(
+            lambda: self.stream_sessions() == 0 and not self.slot_active(),
+            "the killed stream's sessions to end",
+        )
+
+    def mirror_fingerprint(self) -> dict[str, str]:
+        """An md5 per mirror table (rows with their bookkeeping), of its batches and of its position:
+        equal fingerprints mean the stream committed nothing in between."""
+        tables = ("shop_customer", "shop_order", "shop_orderline", "_stream_batches", "_stream_state")
+        return {
+            table: self.warehouse(
+                f"select md5(coalesce(string_agg(t::text, '|' order by t::text), ''))"
+                f" from {MIRROR_SCHEMA}.{table} t"
+            )[0][0]
+            for table in tables
+        }
+
     def assert_mirrored(self) -> None:
         """The warehouse's live rows are exactly the store's rows, and the bookkeeping is consistent."""
         comparison = compare_store_warehouse(self.store_url, self.warehouse_url)
         assert comparison.exact, comparison
         assert_bookkeeping(self.warehouse_url, self.slot)
+
+
+def wait_for(
+    condition: Callable[[], object],
+    what: str,
+    *,
+    timeout: float = 30.0,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+):
+    """Poll `condition` until it holds (returned), failing after `timeout` s or when `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if result := condition():
+            return result
+        if proc is not None and proc.poll() is not None:
+            output = log.read_text() if log is not None and log.exists() else ""
+            pytest.fail(f"the process exited ({proc.returncode}) while waiting for {what}\n{output}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.02)
 
 
 def assert_bookkeeping(warehouse_url: str, slot: str) -> None:

@@ -1,4 +1,8 @@
-"""The shop simulator on a real store: its pace, the validity of what it writes, its seed, its stop."""
+"""The shop simulator on a real store: its pace, the validity of what it writes, its seed, its stop.
+
+Its pace is tested on a simulated clock (time moves only when the simulator waits for its next
+tick), so what it writes for a given number of ticks is exact however busy the machine; the real
+time it took is printed, not asserted."""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import signal
 import subprocess
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from apparel import simulate
 from apparel.config import PROJECT_ROOT
-from apparel.simulate import load_catalogue, run_simulator
+from apparel.simulate import TICK_SECONDS, load_catalogue, run_simulator
 from apparel.store import ensure_store, reset_store, store_status
 from tests.conftest import DATASET_DIR, query, scalar
 
@@ -24,6 +30,35 @@ def store(fresh_db: str) -> str:
     return fresh_db
 
 
+class SimulatedClock(threading.Event):
+    """The simulator's clock and its stop event in one: `wait(timeout)` moves the clock on by
+    `timeout` instead of sleeping, and sets the event once `stop_after` simulated seconds have passed."""
+
+    def __init__(self, stop_after: float | None = None):
+        super().__init__()
+        self.now = 0.0
+        self.ticks = 0
+        self.stop_after = stop_after
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.now += timeout or 0.0
+        self.ticks += 1
+        if self.stop_after is not None and self.now >= self.stop_after:
+            self.set()
+        return self.is_set()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SimulatedClock:
+    """The simulated clock, in place of the real one for `apparel.simulate` only (pass it as stop_event)."""
+    clock = SimulatedClock()
+    monkeypatch.setattr(simulate, "time", SimpleNamespace(monotonic=clock.monotonic))
+    return clock
+
+
 def _max_ids(url: str) -> dict[str, int]:
     return {s.table: s.max_id for s in store_status(url)}
 
@@ -33,15 +68,26 @@ def _seeded_max_order_id(url: str) -> int:
 
 
 @pytest.mark.parametrize(("rate", "transactions"), [(100, "auto"), (1000, "tick")])
-def test_simulator_writes_valid_orders_at_its_rate(store: str, rate: int, transactions: str) -> None:
+def test_simulator_writes_valid_orders_at_its_rate(
+    store: str, clock: SimulatedClock, rate: int, transactions: str
+) -> None:
     seeded_max, seeded_customers = _max_ids(store)["shop_order"], _max_ids(store)["shop_customer"]
     duration = 2.0
 
-    stats = run_simulator(store, rate, duration, seed=5, dataset_dir=DATASET_DIR, transactions=transactions)
+    started = time.perf_counter()
+    stats = run_simulator(
+        store, rate, duration, seed=5, dataset_dir=DATASET_DIR, transactions=transactions, stop_event=clock
+    )
+    real = time.perf_counter() - started
+    print(f"{stats.orders:,} orders ({stats.transactions:,} transactions) in {real:.2f} s real time")
 
-    # A steady clock writes exactly rate x duration when the store keeps up; allow a loaded machine 20%.
-    assert rate * duration * 0.8 <= stats.orders <= rate * duration
-    assert stats.seconds == pytest.approx(duration, abs=0.5)
+    # The steady clock: exactly rate x duration orders, in duration / TICK_SECONDS ticks.
+    assert stats.orders == rate * duration
+    assert stats.seconds == pytest.approx(duration) and clock.ticks == round(duration / TICK_SECONDS)
+    if transactions == "tick":
+        assert stats.transactions == clock.ticks  # every tick had orders due: one transaction each
+    else:  # 2 orders a tick: never behind, so each order and each change is a transaction of its own
+        assert stats.transactions == stats.orders + stats.updates + stats.cancellations + stats.line_deletes
     assert stats.transactions_mode == transactions
     new_orders = f"(select id from shop_order where id > {seeded_max})"
     assert scalar(store, f"select count(*) from {new_orders} o") == stats.orders
@@ -93,38 +139,43 @@ def _statuses(url: str, after: int) -> list[tuple]:
     return query(url, "select id, status from shop_order where id > %s order by id", (after,))
 
 
-def test_the_same_seed_writes_the_same_orders_whatever_the_transactions(store: str) -> None:
+def test_the_same_seed_writes_the_same_orders_whatever_the_transactions(
+    store: str, clock: SimulatedClock
+) -> None:
     seeded_max = _seeded_max_order_id(store)
-    first = run_simulator(store, 100, 1, seed=42, dataset_dir=DATASET_DIR, transactions="order")
-    rows_first = _written(store, seeded_max)
-    statuses_first = query(
-        store, "select id, status from shop_order where id > %s order by id", (seeded_max,)
-    )
+
+    def run(seed: int, transactions: str):
+        clock.now, clock.ticks = 0.0, 0
+        return run_simulator(
+            store, 100, 1, seed=seed, dataset_dir=DATASET_DIR, transactions=transactions, stop_event=clock
+        )
+
+    first = run(42, "order")
+    rows_first, statuses_first = _written(store, seeded_max), _statuses(store, seeded_max)
 
     reset_store(store, DATASET_DIR, create_database=False)
-    second = run_simulator(store, 100, 1, seed=42, dataset_dir=DATASET_DIR, transactions="tick")
-    rows_second = _written(store, seeded_max)
+    second = run(42, "tick")
 
-    common = min(first.orders, second.orders)
-    assert common >= 90
-    assert rows_first[:common] == rows_second[:common]
-    if first.orders == second.orders:
-        assert _statuses(store, seeded_max) == statuses_first
+    assert first.orders == second.orders == 100 and len(rows_first) == 100
+    assert first.transactions > second.transactions  # one per write vs one per tick
+    assert _written(store, seeded_max) == rows_first
+    # Each order's last status too (a tick's transaction keeps an order's last change of the tick).
+    assert _statuses(store, seeded_max) == statuses_first
+    assert {status for _, status in statuses_first} > {"pending"}
 
     reset_store(store, DATASET_DIR, create_database=False)
-    run_simulator(store, 100, 1, seed=43, dataset_dir=DATASET_DIR)
-    assert _written(store, seeded_max)[:common] != rows_first[:common]
+    run(43, "auto")
+    assert _written(store, seeded_max) != rows_first
 
 
-def test_duration_zero_runs_until_stopped(store: str) -> None:
-    stop = threading.Event()
-    threading.Timer(1.0, stop.set).start()
-    started = time.monotonic()
+def test_duration_zero_runs_until_stopped(store: str, clock: SimulatedClock) -> None:
+    clock.stop_after = 1.0
 
-    stats = run_simulator(store, 50, 0, seed=1, dataset_dir=DATASET_DIR, stop_event=stop)
+    stats = run_simulator(store, 50, 0, seed=1, dataset_dir=DATASET_DIR, stop_event=clock)
 
-    assert time.monotonic() - started < 3
-    assert 40 <= stats.orders <= 60
+    # It ran until the event, not for a duration, and wrote the tick it was stopped in.
+    assert clock.ticks == round(1.0 / TICK_SECONDS) and stats.seconds == pytest.approx(1.0)
+    assert stats.orders == 50
 
 
 def test_cli_simulate_stops_cleanly_on_sigterm(store: str) -> None:

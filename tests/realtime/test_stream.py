@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from apparel.store import MIRROR_SCHEMA
 from apparel.stream import format_status, stream_status
 from tests.realtime import stream_support
-from tests.realtime.stream_support import StreamEnv
+from tests.realtime.stream_support import StreamEnv, wait_for
 
 stream_env = stream_support.stream_env
 
@@ -192,22 +194,44 @@ def test_until_caught_up_cli_and_status(stream_env: StreamEnv):
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM"])
-def test_sigterm_finishes_the_batch_and_exits(stream_env: StreamEnv, signum: str):
-    import signal
-
+def test_sigterm_finishes_the_batch_and_exits(stream_env: StreamEnv, signum: str, tmp_path: Path):
+    """The signal comes while a batch is being applied (its warehouse transaction held by a lock on
+    `_stream_state`): the stream waits for that batch to commit, confirms it to the store, then exits 0."""
     env = stream_env
-    proc = env.cli(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while not env.warehouse(
-        "select 1 from information_schema.tables where table_schema = %s and table_name = '_stream_state'",
-        (MIRROR_SCHEMA,),
-    ) or not env.warehouse(f"select 1 from {MIRROR_SCHEMA}._stream_state"):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
-    env.store("update shop_order set status = 'paid', updated_at = now() where id <= 30")
-    time.sleep(0.5)
-    proc.send_signal(getattr(signal, signum))
-    out, _ = proc.communicate(timeout=30)
+    log = tmp_path / "stream.log"
+    with log.open("w") as out:
+        proc = env.cli(stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: env.state_lsn(), "the initial copy", proc=proc, log=log)
+        with psycopg.connect(env.warehouse_url) as lock:
+            lock.execute(f"lock table {MIRROR_SCHEMA}._stream_state in share mode")
+            env.store("update shop_order set status = 'paid', updated_at = now() where id <= 30")
+            wait_for(
+                lambda: env.stream_sessions(waiting_on_lock=True),
+                "the batch to be applied",
+                proc=proc,
+                log=log,
+            )
+            proc.send_signal(getattr(signal, signum))
+            wait_for(
+                lambda: "finishing the current batch" in log.read_text(), "the signal", proc=proc, log=log
+            )
+            assert proc.poll() is None, "the stream exited with its batch not committed"
+            lock.rollback()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
     assert proc.returncode == 0, out
-    assert "finishing the current batch" in out
+    assert "stream: 30 changes in 1 store transactions, 1 batches" in out
     env.assert_mirrored()
+    # Confirmed before it exited: the store may forget the batch's changes.
+    env.wait_released()
+    with psycopg.connect(env.store_url) as conn:
+        confirmed = conn.execute(
+            "select (confirmed_flush_lsn - '0/0')::bigint from pg_replication_slots where slot_name = %s",
+            (env.slot,),
+        ).fetchone()[0]
+    assert confirmed >= env.state_lsn()
