@@ -102,7 +102,8 @@ def superset(
         secret_key=secrets.token_urlsafe(32),
         admin_user="admin",
         admin_password=secrets.token_urlsafe(12),
-        reader_user="superset_reader",
+        # A role of its own: roles are cluster-wide, TEST_WAREHOUSE_ADMIN_URL may be a shared server.
+        reader_user=f"t_reader_{uuid.uuid4().hex[:8]}",
         reader_password=secrets.token_urlsafe(12),
         port=free_port(),
     )
@@ -116,6 +117,9 @@ def superset(
     finally:
         stop_server(settings)
         _drop_database(pg_admin_url, metadata_db)
+        with psycopg.connect(built_warehouse, autocommit=True) as conn:
+            conn.execute(f'drop owned by "{settings.reader_user}"')  # its grants and default privileges
+            conn.execute(f'drop role "{settings.reader_user}"')
 
 
 # The live dashboard's "last hour": the current minute and the 59 before it.

@@ -188,7 +188,7 @@ def test_no_password_in_superset_or_yaml(superset: RunningSuperset) -> None:
     client = superset.client
     database = client.find("database", "database_name", "Django Apparel warehouse")
     uri = client.get(f"/api/v1/database/{database['id']}/connection")["result"]["sqlalchemy_uri"]
-    assert uri.startswith("postgresql+psycopg2://superset_reader@"), uri
+    assert uri.startswith(f"postgresql+psycopg2://{superset.settings.reader_user}@"), uri
     assert superset.settings.reader_password not in uri
     with psycopg.connect(superset.settings.metadata_url) as conn:
         stored = conn.execute("select password from dbs where database_name = 'Django Apparel warehouse'")
