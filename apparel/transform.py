@@ -24,21 +24,26 @@ from apparel.config import load_settings
 from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env
 from apparel.store import MIRROR_SCHEMA, STORE_TABLES
 
-MARTS = (
-    "dm_revenue_by_months",
-    "dm_perfomance_product_by_cities",
-    "dm_customer_segments",
-    "dm_cohort_retention",
-    "dm_product_affinity",
-    "dm_market_reach",
-)
+# The brief's marts, kept fresh every minute by `fresh_marts` too.
+FRESH_MARTS = ("dm_revenue_by_months", "dm_perfomance_product_by_cities")
+# The business marts recompute from the whole history: `transform` only (tag in dbt_project.yml).
+WHOLE_HISTORY_TAG = "whole_history"
+BUSINESS_MARTS = ("dm_customer_segments", "dm_cohort_retention", "dm_product_affinity", "dm_market_reach")
+MARTS = FRESH_MARTS + BUSINESS_MARTS
 # Exposures (the Superset dashboards in the dbt docs' lineage) are documentation, not work: no task.
 NOT_RENDERED = ["resource_type:exposure"]
 STREAMED_SOURCE = MIRROR_SCHEMA  # the dbt source of the mirror is named after its schema
 DBT_POOL = "dbt_warehouse"
 # As many slots as Airflow runs tasks at once.
 DBT_POOL_SLOTS = PARALLELISM
-MARTS_ASSETS = [Asset(name=f"marts.{m}", uri=f"postgres://warehouse/marts/{m}") for m in MARTS]
+
+
+def marts_assets(marts: tuple[str, ...]) -> list[Asset]:
+    return [Asset(name=f"marts.{m}", uri=f"postgres://warehouse/marts/{m}") for m in marts]
+
+
+MARTS_ASSETS = marts_assets(MARTS)
+FRESH_MARTS_ASSETS = marts_assets(FRESH_MARTS)
 
 
 def manifest_path() -> Path:
@@ -91,8 +96,9 @@ def cosmos_configs() -> dict:
 def fresh_marts_configs() -> dict:
     """Cosmos configuration of `fresh_marts`: only the tables downstream of the streamed tables.
 
-    Views (staging) are left out: they read raw_store as it is. Tests are left to the daily
-    `transform`: the fresh path rebuilds, it does not re-check. dbt runs inside the task's own
+    Views (staging) are left out: they read raw_store as it is. So are the business marts, which
+    recompute from the whole history (tag `whole_history`): `transform` builds them. Tests are left
+    to the daily `transform`: the fresh path rebuilds, it does not re-check. dbt runs inside the task's own
     process (dbtRunner), which saves a Python start and dbt's imports per model.
     """
     from cosmos import ExecutionConfig, RenderConfig
@@ -103,7 +109,7 @@ def fresh_marts_configs() -> dict:
         load_method=LoadMode.DBT_MANIFEST,
         # Everything downstream of each mirrored table (Cosmos names a source `<source>.<table>`).
         select=[f"source:{STREAMED_SOURCE}.{table.name}+" for table in STORE_TABLES],
-        exclude=["config.materialized:view", *NOT_RENDERED],
+        exclude=["config.materialized:view", f"tag:{WHOLE_HISTORY_TAG}", *NOT_RENDERED],
         test_behavior=TestBehavior.NONE,
         emit_datasets=False,
     )

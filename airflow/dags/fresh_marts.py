@@ -2,7 +2,8 @@
 
 The CDC stream (`apparel stream`) mirrors the shop's tables into raw_store within a second; this
 DAG rebuilds only the tables downstream of them (the dimensions that read them, the incremental
-`fct_transactions` and every mart), so an order placed in the shop reaches the marts within two
+`fct_transactions` and the brief's two marts; the business marts, which recompute from the whole
+history, are left to `transform`), so an order placed in the shop reaches the marts within two
 minutes. Tests stay in the daily `transform`; this DAG also checks the stream's freshness. It and
 `transform` share a pool so they never build the same models at once (see apparel.transform).
 """
@@ -14,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup
 
-from apparel.transform import MARTS_ASSETS, fresh_marts_configs, model_built, store_freshness
+from apparel.transform import FRESH_MARTS_ASSETS, fresh_marts_configs, model_built, store_freshness
 
 
 @dag(
@@ -37,7 +38,7 @@ def fresh_marts() -> None:
 
     dbt = DbtTaskGroup(group_id="dbt", **fresh_marts_configs())
 
-    @task(outlets=MARTS_ASSETS)
+    @task(outlets=FRESH_MARTS_ASSETS)
     def publish_marts() -> None:
         """Marks the marts as updated (asset events) once they are rebuilt."""
 

@@ -12,20 +12,22 @@ from tests.conftest import DATASET_DIR, airflow_dags_test
 
 pytestmark = pytest.mark.slow
 
+MONTHLY = "dm_revenue_by_months"
+
 
 def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
     dag = DagBag(dag_folder=str(PROJECT_ROOT / "airflow" / "dags" / "transform.py")).dags["transform"]
     task_ids = {t.task_id for t in dag.tasks}
-    for model in [
-        "stg_orders",
-        "dim_products",
-        "fct_transactions",
-        *MARTS,
-    ]:
+    for model in ["stg_orders", "dim_products", "fct_transactions", *(m for m in MARTS if m != MONTHLY)]:
         assert f"dbt.{model}.run" in task_ids
         assert f"dbt.{model}.test" in task_ids
         # Each model's tests run right after it, before anything downstream of it.
         assert dag.get_task(f"dbt.{model}.test").upstream_task_ids == {f"dbt.{model}.run"}
+    # The monthly mart has no test of its own (its enforced key needs none): a lone run task, which
+    # its reconciliation with the fact follows.
+    assert f"dbt.{MONTHLY}.test" not in task_ids
+    reconciliation = dag.get_task("dbt.assert_revenue_by_months_equals_fct_test")
+    assert f"dbt.{MONTHLY}_run" in reconciliation.upstream_task_ids
     assert {o.name for o in dag.get_task("publish_marts").outlets} == {f"marts.{m}" for m in MARTS}
     # The seed the market map joins on loads before the mart; exposures are docs, not tasks.
     assert dag.get_task("dbt.province_iso_codes.seed").downstream_task_ids == {"dbt.province_iso_codes.test"}
