@@ -26,7 +26,9 @@ compares its peak RSS with the scale 10 run's.
 
 The database is never the user's warehouse database: an embedded server of its own in
 `STATE_DIR/bench-pg` (destroyed afterwards unless `--keep`), or, when WAREHOUSE_URL is set, a
-database `apparel_bench` on that server (dropped afterwards unless `--keep`).
+database `apparel_bench` on that server (dropped afterwards unless `--keep`). `--database` and
+`--data-dir` choose another database name and extracts folder, so that runs sharing a server or a
+checkout (the test suite's) do not use, or drop, each other's.
 """
 
 from __future__ import annotations
@@ -178,11 +180,12 @@ def data_dir_for(scale: int, seed: int) -> Path:
     return PROJECT_ROOT / "bench-data" / name
 
 
-def ensure_data(scale: int, seed: int) -> Path:
-    """The scale's extracts; generated only when a file is missing (generation is deterministic)."""
+def ensure_data(scale: int, seed: int, out: Path | None = None) -> Path:
+    """The scale's extracts in `out` (default: `data_dir_for`); generated only when a file is missing
+    (generation is deterministic)."""
     from apparel.generate import FILES, generate
 
-    out = data_dir_for(scale, seed)
+    out = out or data_dir_for(scale, seed)
     if all((out / f).is_file() for f in FILES):
         log.info("reusing the scale %d extracts in %s", scale, out)
     else:
@@ -972,6 +975,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-tosql", action="store_true", help="leave out the to_sql baseline")
     parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder of the scale's extracts, format files and result (default: bench-data/scale-N/)",
+    )
+    parser.add_argument(
+        "--database",
+        default=BENCH_DATABASE,
+        help=f"name of the bench database on the WAREHOUSE_URL server (default {BENCH_DATABASE})",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the bench server / database afterwards for a look"
     )
     args = parser.parse_args(argv)
@@ -984,10 +997,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     settings = load_settings()
-    data_dir = ensure_data(args.scale, args.seed)
+    data_dir = ensure_data(args.scale, args.seed, args.data_dir)
     format_dir, format_rows = ensure_format_files(data_dir, args.format_rows)
     max_rows = args.tosql_max_rows or None
-    with bench_database(settings, args.keep) as url:
+    with bench_database(settings, args.keep, database=args.database) as url:
         results = run_benchmark(url, data_dir, max_rows, args.skip_tosql)
         formats = run_format_benchmark(url, format_dir, format_rows, max_rows, args.skip_tosql)
     for r in results:

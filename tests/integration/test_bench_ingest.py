@@ -1,9 +1,16 @@
-"""The ingest benchmark end to end at scale 1, on the test suite's server in a database of its own."""
+"""The ingest benchmark end to end at scale 1, on the test suite's server in a database of its own.
+
+The database and the extracts folder are this run's own (`--database`, `--data-dir`): the bench's
+defaults, `apparel_bench` and `bench-data/scale-1/`, are shared by every run on one server or in one
+checkout, so two runs at once would drop each other's database or rewrite each other's files.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,12 +26,14 @@ SUMMARY_SPEEDUP = re.compile(r"min_tosql_speedup=(\d+\.\d)")
 
 @pytest.mark.slow
 def test_bench_ingest_runs_and_prints_the_summary(
-    pg_admin_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    pg_admin_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("WAREHOUSE_URL", pg_admin_url)
+    database = f"apparel_bench_{uuid.uuid4().hex[:10]}"
+    data_dir = tmp_path / "scale-1"
 
     args = ["--scale", "1", "--tosql-max-rows", "2000", "--format-rows", "3000"]
-    assert bench_ingest.main(args) == 0
+    assert bench_ingest.main([*args, "--data-dir", str(data_dir), "--database", database]) == 0
 
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
@@ -41,17 +50,14 @@ def test_bench_ingest_runs_and_prints_the_summary(
     goal = next(line for line in lines if line.startswith("every format vs to_sql"))
     assert goal.startswith("every format vs to_sql (3,000 order_details rows per format): slowest "), goal
     assert "real extracts by format, not judged" in out
-    result = json.loads(
-        (bench_ingest.data_dir_for(1, bench_ingest.DEFAULT_SEED) / "bench-result.json").read_text()
-    )
+    result = json.loads((data_dir / "bench-result.json").read_text())
     assert result["formats"]["rows"] == 3000
     assert set(result["formats"]["by_format"]) == {"excel", "parquet", "json", "csv"}
     assert min(result["tosql_speedups"].values()) == pytest.approx(
         float(SUMMARY_SPEEDUP.search(lines[-1])[1]), abs=0.06
     )
-    # The bench database is dropped afterwards.
+    # The extracts were generated into this run's folder, and its bench database is dropped afterwards.
+    assert (data_dir / "orders.csv").is_file()
     with psycopg.connect(pg_admin_url) as conn:
-        found = conn.execute(
-            "select 1 from pg_database where datname = %s", (bench_ingest.BENCH_DATABASE,)
-        ).fetchone()
+        found = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
     assert found is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime
 
 import psycopg
 import pytest
@@ -10,22 +11,28 @@ from airflow.dag_processing.dagbag import DagBag
 
 from apparel.config import PROJECT_ROOT
 from apparel.dbt_runner import run_dbt
-from apparel.transform import DBT_POOL, DBT_POOL_SLOTS, MARTS
-from tests.conftest import airflow_dags_test, scalar
+from apparel.transform import DBT_POOL, DBT_POOL_SLOTS, FRESH_MARTS
+from tests.conftest import airflow_dags_test, query, scalar
 from tests.dbt.conftest import mirror
 
 pytestmark = pytest.mark.slow
 
 # The tables downstream of raw_store: dimensions that read it, the fact and its load log (which
-# lets the fact append the shop's new orders), every mart. No views, no tests, no exposures.
+# lets the fact append the shop's new orders), the brief's two marts. No views, no tests, no exposures,
+# and not the business marts, which recompute from the whole history (left to `transform`).
 FRESH_MODELS = {
     "dim_customers",
     "dim_dates",
     "fct_transactions_loads",
     "fct_transactions",
-    *MARTS,
+    *FRESH_MARTS,
 }
 TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+).*?")
+# When the shop's order is placed: pinned, so the test expects the same month and day whenever it runs,
+# and just after midnight in Jakarta on the first of a month (still January in UTC), so it also checks
+# that the order is dated in Jakarta time (a shop order's order_date is its created_at in Jakarta).
+PLACED_AT = datetime(2024, 1, 31, 17, 30, tzinfo=UTC)  # 2024-02-01 00:30 in Asia/Jakarta (UTC+7)
+PLACED_ON = date(2024, 2, 1)
 
 
 def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> None:
@@ -50,7 +57,7 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
         task = dag.get_task(task_id)
         assert (task.pool, task.pool_slots) == (DBT_POOL, DBT_POOL_SLOTS)
     assert {t.pool for t in bag.dags["transform"].tasks if t.task_id.startswith("dbt.")} == {DBT_POOL}
-    assert {o.name for o in dag.get_task("publish_marts").outlets} == {f"marts.{m}" for m in MARTS}
+    assert {o.name for o in dag.get_task("publish_marts").outlets} == {f"marts.{m}" for m in FRESH_MARTS}
 
 
 def test_a_shop_order_reaches_the_monthly_mart(airflow_env, loaded_db: str, tmp_path) -> None:
@@ -71,18 +78,41 @@ def test_a_shop_order_reaches_the_monthly_mart(airflow_env, loaded_db: str, tmp_
         check=False,
     )
     assert built.returncode == 0
+    city_revenue = (
+        "select revenue from marts.dm_perfomance_product_by_cities where city_id = 91 and product_id = 42"
+    )
+    city_before = (query(loaded_db, city_revenue) or [(0,)])[0][0]
     customer = scalar(loaded_db, "select max(customer_id) + 1 from raw.customers")
     order = scalar(loaded_db, "select max(order_id) + 1 from raw.orders")
     line = scalar(loaded_db, "select max(order_detail_id) + 1 from raw.order_details")
     mirror(
         loaded_db,
         "shop_customer",
-        [{"id": customer, "first_name": "Budi", "last_name": "Santoso", "gender": "Male"}],
+        [
+            {
+                "id": customer,
+                "first_name": "Budi",
+                "last_name": "Santoso",
+                "gender": "Male",
+                "created_at": PLACED_AT,
+                "updated_at": PLACED_AT,
+            }
+        ],
     )
     mirror(
         loaded_db,
         "shop_order",
-        [{"id": order, "customer_id": customer, "province_id": 5, "city_id": 91, "status": "paid"}],
+        [
+            {
+                "id": order,
+                "customer_id": customer,
+                "province_id": 5,
+                "city_id": 91,
+                "status": "paid",
+                "created_at": PLACED_AT,
+                "updated_at": PLACED_AT,
+            }
+        ],
     )
     mirror(
         loaded_db,
@@ -95,6 +125,8 @@ def test_a_shop_order_reaches_the_monthly_mart(airflow_env, loaded_db: str, tmp_
                 "quantity": 3,
                 "unit_price": 110_000,
                 "amount": 330_000,
+                "created_at": PLACED_AT,
+                "updated_at": PLACED_AT,
             }
         ],
     )
@@ -103,34 +135,21 @@ def test_a_shop_order_reaches_the_monthly_mart(airflow_env, loaded_db: str, tmp_
     assert run.returncode == 0, run.stdout[-5000:]
     finished = re.search(r"DagRun Finished: .*?run_duration=([\d.]+), state=(\w+)", run.stdout)
     assert finished and finished.group(2) == "success", run.stdout[-3000:]
-    # Well within the minute between two runs: an order reaches the marts within 2 minutes.
-    assert float(finished.group(1)) < 60, f"fresh_marts took {finished.group(1)} s"
+    # A figure, not a pass/fail (a busy machine is not a bug): the goal, an order in the marts within
+    # 2 minutes, is measured by tests/stack/test_stack.py.
+    print(f"fresh_marts: run_duration={float(finished.group(1)):.1f} s")
 
     with psycopg.connect(loaded_db) as conn:
         month = conn.execute(
-            "select total_orders, revenue from marts.dm_revenue_by_months"
-            " where month_start = date_trunc('month', now() at time zone 'Asia/Jakarta')"
+            "select total_orders, revenue from marts.dm_revenue_by_months where month_start = %s",
+            (PLACED_ON,),
         ).fetchone()
-        city = conn.execute(
-            "select revenue from marts.dm_perfomance_product_by_cities where city_id = 91 and product_id = 42"
-        ).fetchone()
+        city = conn.execute(city_revenue).fetchone()
         fact = conn.execute(
             "select f.amount, c.full_name from core.fct_transactions f"
             " join core.dim_customers c using (customer_key) where f.transaction_id = %s",
             (line,),
         ).fetchone()
-        # The business marts too: a new customer, and the newest order day everything is measured to.
-        segment = conn.execute(
-            "select full_name, total_orders, revenue, recency_days, rfm_segment"
-            " from marts.dm_customer_segments where customer_id = %s",
-            (customer,),
-        ).fetchone()
-        reach = conn.execute(
-            "select last_order_date = (now() at time zone 'Asia/Jakarta')::date, revenue_last_90_days"
-            " from marts.dm_market_reach where city_id = 91"
-        ).fetchone()
-    assert segment == ("Budi Santoso", 1, 330_000, 0, "New")
-    assert reach == (True, 330_000)
     assert month == (1, 330_000)
     assert fact == (330_000, "Budi Santoso")
-    assert city is not None and city[0] >= 330_000
+    assert city == (city_before + 330_000,)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from python_calamine import CalamineWorkbook
 
 from apparel import generate as gen
 from apparel import reference as ref
+from apparel.config import PROJECT_ROOT
 
 SEED_DEPENDENT = (gen.CUSTOMERS_FILE, gen.PRODUCTS_FILE, gen.ORDERS_FILE, gen.ORDER_DETAILS_FILE)
 MONTH_STARTS = {f"2022-{m:02d}-01 00:00:00.000" for m in range(1, 13)}
@@ -285,6 +290,51 @@ def test_same_seed_same_bytes(tmp_path: Path, dataset: tuple[Path, dict[str, int
     first, _ = dataset
     gen.generate(tmp_path, scale=1, seed=42)
     assert sha256s(first) == sha256s(tmp_path)
+
+
+def make_generate_command(scale: int, seed: int) -> list[str]:
+    """The command `make generate SCALE=.. SEED=..` runs, as `make -n` prints it (nothing is run)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    dry = subprocess.run(
+        ["make", "-n", "--no-print-directory", "generate", f"SCALE={scale}", f"SEED={seed}"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    commands = [shlex.split(line) for line in dry.stdout.splitlines() if " generate " in f" {line} "]
+    assert len(commands) == 1, dry.stdout
+    return commands[0]
+
+
+def test_make_generate_reproduces_the_committed_dataset_byte_for_byte(tmp_path: Path) -> None:
+    """`make generate SCALE=1 SEED=42` writes `dataset/` itself; its command is run here with `--out`
+    pointing at a temporary folder instead, in another time zone, and every file must be byte for
+    byte the committed one (the xlsx files' creation time is pinned by the generator; Parquet and
+    the text formats carry no timestamp)."""
+    command = make_generate_command(1, 42)
+    assert command[-2:] == ["--out", "dataset"], command
+    assert Path(command[0]).name == "apparel" and command[1:-2] == [
+        "generate",
+        "--scale",
+        "1",
+        "--seed",
+        "42",
+    ]
+    out = tmp_path / "dataset"
+    env = {**os.environ, "TZ": "Pacific/Kiritimati"}  # UTC+14: a date written from the clock would show
+    subprocess.run(
+        [str(Path(sys.executable).parent / "apparel"), *command[1:-1], str(out)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    committed = PROJECT_ROOT / "dataset"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in committed.iterdir())
+    differing = [p.name for p in sorted(committed.iterdir()) if p.read_bytes() != (out / p.name).read_bytes()]
+    assert differing == [], f"generated files differ from the committed dataset/: {differing}"
 
 
 def test_other_seed_other_bytes(tmp_path: Path, dataset: tuple[Path, dict[str, int]]) -> None:
