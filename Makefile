@@ -11,8 +11,10 @@ SEED ?= 42
 
 # Settings come from the environment, then .env (see .env.example), as in apparel/config.py.
 # .env is not `include`d: its empty WAREHOUSE_URL= would override one set in the environment.
-# Make itself needs only these two; `?=` keeps an environment value.
-dotenv = $(shell sed -n 's/^$(1)=//p' .env 2>/dev/null | tail -n 1)
+# Make itself needs only these two; `?=` keeps an environment value. ENV_FILE names another settings
+# file than .env (apparel/config.py reads it from the environment; make exports a command-line one).
+ENV_FILE ?= .env
+dotenv = $(shell sed -n 's/^$(1)=//p' $(ENV_FILE) 2>/dev/null | tail -n 1)
 STATE_DIR ?= $(or $(call dotenv,STATE_DIR),./.state)
 DBT_DOCS_PORT ?= $(or $(call dotenv,DBT_DOCS_PORT),8081)
 
@@ -32,10 +34,10 @@ $(STAMP): requirements/main.txt pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 
-.env:
-	@cp .env.example .env && echo "created .env from .env.example"
+$(ENV_FILE):
+	@cp .env.example $@ && echo "created $@ from .env.example"
 
-db-up: venv .env ## start the embedded warehouse (or check WAREHOUSE_URL's server)
+db-up: venv $(ENV_FILE) ## start the embedded warehouse (or check WAREHOUSE_URL's server)
 	@$(BIN)/apparel db start
 
 store: db-up ## create the shop's database (STORE_URL, default: `store` on the embedded server), seed it when empty
@@ -75,7 +77,7 @@ docs: db-up manifest ## dbt docs: generate the site (models, columns, lineage) a
 dbt-build: db-up manifest ## dbt build (all models and tests) straight from dbt, without Airflow
 	$(BIN)/apparel dbt build
 
-test: venv .env manifest ## lint, format check and the whole test suite on a PostgreSQL the suite starts itself
+test: venv $(ENV_FILE) manifest ## lint, format check and the whole test suite on a PostgreSQL the suite starts itself
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -75,9 +75,15 @@ def _resolve(path: str) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
+def default_env_file() -> Path:
+    """The settings file: `.env` in the checkout, or ENV_FILE's (read from the environment only,
+    relative to the checkout), e.g. an empty file that keeps a developer's `.env` out of the tests."""
+    return _resolve(os.environ.get("ENV_FILE") or ".env")
+
+
 def load_settings(env_file: Path | None = None) -> Settings:
     """The environment wins over `.env`, so CI and Docker can override anything."""
-    env_file = env_file or PROJECT_ROOT / ".env"
+    env_file = env_file or default_env_file()
     values: dict[str, str] = {}
     if env_file.exists():
         values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
@@ -98,7 +104,7 @@ def ensure_secrets(
 
     `.env` is created from `.env.example` when missing and kept at mode 600. Returns the names written.
     """
-    env_file = env_file or PROJECT_ROOT / ".env"
+    env_file = env_file or default_env_file()
     example = example or PROJECT_ROOT / ".env.example"
     if not env_file.exists():
         env_file.write_text(example.read_text() if example.exists() else "")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from apparel import stack
-from apparel.config import Settings
+from apparel.config import PROJECT_ROOT, Settings, ensure_secrets, load_settings
 
 
 def test_procfile_runs_every_service_through_apparel_stack() -> None:
@@ -104,3 +105,30 @@ def test_status_and_down_when_nothing_runs(tmp_path: Path, monkeypatch: pytest.M
     assert not (tmp_path / "stack" / "honcho.pid").exists()
     assert stack.down() == 0
     assert "not running" in capsys.readouterr().out
+
+
+def test_env_file_names_the_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENV_FILE replaces the checkout's .env for the Python side and for make (the stack test runs
+    `make up` / `make down` with an empty one, so a developer's .env cannot change what it tests)."""
+    for key in ("SIMULATE", "STORE_URL", "STATE_DIR", "X_TEST_SECRET"):
+        monkeypatch.delenv(key, raising=False)
+    other = tmp_path / "other.env"
+    other.write_text(f"SIMULATE=1\nSTORE_URL=postgresql://u@h/shop\nSTATE_DIR={tmp_path / 'state'}\n")
+    monkeypatch.setenv("ENV_FILE", str(other))
+    settings = load_settings()
+    assert settings.get("SIMULATE") == "1" and settings.store_url == "postgresql://u@h/shop"
+    assert ensure_secrets({"X_TEST_SECRET": lambda: "generated"}) == ["X_TEST_SECRET"]
+    assert "X_TEST_SECRET=generated\n" in other.read_text()
+    make_env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    printed = subprocess.run(
+        ["make", "-s", "--no-print-directory", "--eval", "print-state: ; @echo $(STATE_DIR)", "print-state"],
+        cwd=PROJECT_ROOT,
+        env=make_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert printed.stdout.strip() == str(tmp_path / "state")
+    # A file that does not exist: nothing but the environment and the defaults.
+    monkeypatch.setenv("ENV_FILE", str(tmp_path / "absent.env"))
+    assert load_settings().get("SIMULATE", "0") == "0"
