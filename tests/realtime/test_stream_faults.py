@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -87,6 +88,29 @@ def test_sigkill_at_random_moments_under_load(stream_env: StreamEnv, tmp_path: P
     assert applied_transactions(env) - before == written, "store transactions lost or applied twice"
 
 
+def kill_while_waiting_on_lock(
+    env: StreamEnv, table: str, log: Path, what: str, writes: Callable[[], None] | None = None
+) -> None:
+    """Start the stream process while `table` of the mirror is locked, make the shop's `writes`, and
+    SIGKILL the process once its warehouse transaction waits on the lock; then release the lock and
+    wait until the dead stream's sessions and slot are gone."""
+    with psycopg.connect(env.warehouse_url) as lock:
+        lock.execute(f"lock table {MIRROR_SCHEMA}.{table} in share mode")
+        with log.open("w") as out:
+            proc = env.cli(stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if writes:
+                writes()
+            wait_for(lambda: env.stream_sessions(waiting_on_lock=True), what, proc=proc, log=log)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        lock.rollback()
+    env.wait_released()
+
+
 @pytest.mark.parametrize("locked", ["shop_order", "_stream_state"])
 def test_sigkill_inside_the_batch_transaction(stream_env: StreamEnv, tmp_path: Path, locked: str):
     """SIGKILL while a batch's warehouse transaction is held by a lock: at its data (shop_order) or
@@ -97,29 +121,17 @@ def test_sigkill_inside_the_batch_transaction(stream_env: StreamEnv, tmp_path: P
     before = applied_transactions(env)
     fingerprint = env.mirror_fingerprint()
     log = tmp_path / "stream.log"
-    with psycopg.connect(env.warehouse_url) as lock:
-        lock.execute(f"lock table {MIRROR_SCHEMA}.{locked} in share mode")
-        with log.open("w") as out:
-            proc = env.cli(stdout=out, stderr=subprocess.STDOUT)
-        try:
-            env.store(
-                "update shop_order set status = 'paid', updated_at = now() where id <= 40",
-                "insert into shop_orderline (order_id, product_id, quantity, unit_price, amount)"
-                " values (3, 5, 2, 1000, 2000)",
-            )
-            wait_for(
-                lambda: env.stream_sessions(waiting_on_lock=True),
-                f"the batch to wait for the lock on {locked}",
-                proc=proc,
-                log=log,
-            )
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        lock.rollback()
-    env.wait_released()
+    kill_while_waiting_on_lock(
+        env,
+        locked,
+        log,
+        f"the batch to wait for the lock on {locked}",
+        writes=lambda: env.store(
+            "update shop_order set status = 'paid', updated_at = now() where id <= 40",
+            "insert into shop_orderline (order_id, product_id, quantity, unit_price, amount)"
+            " values (3, 5, 2, 1000, 2000)",
+        ),
+    )
     assert env.mirror_fingerprint() == fingerprint, "the killed batch left part of itself in the warehouse"
     stats = env.run()
     assert stats.transactions == 2, stats
@@ -262,24 +274,9 @@ def test_killed_during_initial_copy_then_restarted(stream_env: StreamEnv, tmp_pa
     with psycopg.connect(env.warehouse_url) as conn:
         ensure_mirror(conn)
     log = tmp_path / "stream.log"
-    with psycopg.connect(env.warehouse_url) as lock:
-        lock.execute(f"lock table {MIRROR_SCHEMA}._stream_state in share mode")
-        with log.open("w") as out:
-            proc = env.cli(stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for(
-                lambda: env.stream_sessions(waiting_on_lock=True),
-                "the initial copy to wait for the lock on _stream_state",
-                proc=proc,
-                log=log,
-            )
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        lock.rollback()
-    env.wait_released()
+    kill_while_waiting_on_lock(
+        env, "_stream_state", log, "the initial copy to wait for the lock on _stream_state"
+    )
     assert not env.warehouse(f"select 1 from {MIRROR_SCHEMA}._stream_state")
     assert env.warehouse(f"select count(*) from {MIRROR_SCHEMA}.shop_orderline")[0][0] == 0
     with psycopg.connect(env.store_url) as conn:
