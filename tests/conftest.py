@@ -58,6 +58,43 @@ def fresh_db(pg_admin_url: str) -> Iterator[str]:
         conn.execute(f'drop database if exists "{name}" with (force)')
 
 
+# Settings of the project and of the programs it runs (Airflow, dbt, Superset, libpq, make) that a
+# developer's shell may hold.
+SETTING_PREFIXES = (
+    "AIRFLOW",
+    "APPAREL_",
+    "COSMOS",
+    "DBT_",
+    "MAKE",
+    "MFLAGS",
+    "PG",
+    "SIMULATE",
+    "STORE_",
+    "STREAM_",
+    "SUPERSET",
+    "TEST_WAREHOUSE",
+    "WAREHOUSE_",
+)
+
+
+def example_settings() -> dict[str, str]:
+    """Every setting `.env.example` lists, with its default."""
+    values = {}
+    for line in (PROJECT_ROOT / ".env.example").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.lstrip().startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+def isolated_environment() -> dict[str, str]:
+    """This process's environment without any project setting (those of `.env.example`, ENV_FILE)
+    or setting of the programs it runs: for running `make` targets as on a new machine, with only
+    the settings a test gives them."""
+    names = {*example_settings(), "ENV_FILE"}
+    return {k: v for k, v in os.environ.items() if k not in names and not k.startswith(SETTING_PREFIXES)}
+
+
 def drop_replication_slot(admin_url: str, slot: str) -> None:
     """Drop a stream's replication slot (it pins its database): end its walsender if one is left,
     and retry while the walsender is still letting go of it."""

@@ -32,12 +32,11 @@ import pytest
 from apparel.config import PROJECT_ROOT, load_settings, with_database
 from apparel.embedded_pg import EmbeddedServer, free_port
 from apparel.sources import SOURCES
-from tests.conftest import DATASET_DIR
+from tests.conftest import DATASET_DIR, isolated_environment
 
 pytestmark = pytest.mark.slow
 
 # Inherited variables that would reach the run's Airflow, dbt, libpq or make other than `.env` says.
-NOT_INHERITED = ("AIRFLOW", "DBT_", "PG", "MAKE", "MFLAGS")
 # The marts `make run` previews (apparel marts): columns shown, and the order the first rows follow.
 MARTS = {
     "dm_revenue_by_months": (
@@ -90,7 +89,7 @@ def make_run() -> Iterator[Run]:
     state_dir = load_settings().state_dir / "test-make-run" / f"run-{uuid.uuid4().hex[:10]}"
     port = free_port()
     settings_file = state_dir / "settings.env"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(NOT_INHERITED)}
+    env = isolated_environment()
     env.update(
         {
             "ENV_FILE": str(settings_file),

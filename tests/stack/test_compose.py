@@ -13,6 +13,7 @@ import yaml
 
 from apparel import stack
 from apparel.config import PROJECT_ROOT, Settings
+from tests.conftest import example_settings
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
@@ -30,15 +31,6 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def _example_settings() -> dict[str, str]:
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            values[key.strip()] = value.strip()
-    return values
-
-
 def test_services(compose: dict) -> None:
     assert set(compose["services"]) == {"postgres", "init", *stack.ALL_SERVICES}
     assert set(compose["volumes"]) == {"pgdata", "state"}
@@ -46,7 +38,7 @@ def test_services(compose: dict) -> None:
 
 def test_every_variable_it_reads_is_in_env_example() -> None:
     read = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE.read_text()))
-    missing = read - set(_example_settings())
+    missing = read - set(example_settings())
     assert not missing, f"docker-compose.yml reads {sorted(missing)}, which .env.example does not list"
 
 
@@ -72,7 +64,7 @@ def test_same_commands_as_the_procfile(compose: dict) -> None:
 
 
 def test_ports_match_the_stack(compose: dict) -> None:
-    example = _example_settings()
+    example = example_settings()
     st = stack.StackSettings(Settings({}))
     assert (st.airflow_port, st.docs_port, st.superset().port) == (8080, 8081, 8088)
     env = compose["x-env"]

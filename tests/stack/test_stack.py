@@ -14,7 +14,6 @@ run having waited on the forced `transform`. Every service's memory is measured 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from apparel import stack
 from apparel.config import PROJECT_ROOT, Settings
 from apparel.embedded_pg import EmbeddedServer, free_port
 from apparel.superset_setup import SupersetClient
+from tests.conftest import isolated_environment
 
 pytestmark = pytest.mark.slow
 
@@ -44,45 +44,11 @@ RAW_LAYER = "raw"
 # Generous bounds that only stop a hang: a transform run takes about 6 minutes on 2 busy cores.
 FIRST_LOAD_DEADLINE = 20 * 60
 PIPELINE_DEADLINE = 40 * 60
-# Settings of the project and of the programs it runs (Airflow, dbt, Superset, libpq, make) that the
-# developer's shell may hold: none reaches the stack under test, it gets its own below.
-SETTING_PREFIXES = (
-    "AIRFLOW",
-    "APPAREL_",
-    "COSMOS",
-    "DBT_",
-    "PG",
-    "SIMULATE",
-    "STORE_",
-    "STREAM_",
-    "SUPERSET",
-    "TEST_WAREHOUSE",
-    "WAREHOUSE_",
-)
 # Task instance states of tasks that never ran (the scheduler set them).
 NEVER_RAN = ("skipped", "upstream_failed", "removed")
-MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 # `make up` / `make down` without rebuilding the shared environments this test runs in (`make test`
 # has brought them up to date already): the targets themselves are what is under test.
 KEEP_ENVIRONMENTS = ["-o", ".venv/.installed-stamp", "-o", ".venv-superset/.installed-stamp"]
-
-
-def _example_settings() -> set[str]:
-    names = {"ENV_FILE"}
-    for line in (PROJECT_ROOT / ".env.example").read_text().splitlines():
-        key, sep, _ = line.partition("=")
-        if sep and not key.lstrip().startswith("#"):
-            names.add(key.strip())
-    return names
-
-
-def _isolated_environment() -> dict[str, str]:
-    names = _example_settings()
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key not in names and key not in MAKE_VARIABLES and not key.startswith(SETTING_PREFIXES)
-    }
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +64,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         "# empty on purpose: tests/stack/test_stack.py sets every setting in the environment\n"
     )
     env = {
-        **_isolated_environment(),
+        **isolated_environment(),
         "ENV_FILE": str(env_file),
         "STATE_DIR": str(state),
         "DATASET_DIR": str(PROJECT_ROOT / "dataset"),
