@@ -203,6 +203,10 @@ _MIRROR_INDEXES: dict[str, tuple[str, str]] = {
     # few seconds: without them each refresh reads the whole mirror.
     "shop_order_created_at": ("shop_order", "created_at"),
     "shop_orderline_order_id": ("shop_orderline", "order_id"),
+    # The incremental dbt models read the rows changed since their last run (`_synced_at > watermark`).
+    "shop_customer_synced_at": ("shop_customer", "_synced_at"),
+    "shop_order_synced_at": ("shop_order", "_synced_at"),
+    "shop_orderline_synced_at": ("shop_orderline", "_synced_at"),
 }
 
 # Every table of `raw_store`, schema-qualified: the three mirrors and the stream's bookkeeping.

@@ -8,6 +8,9 @@ missing; no triggers, no polling). How it stays exactly-once:
   snapshot into `raw_store` in ONE warehouse transaction together with the `_stream_state` row
   (lsn = the slot's consistent point), then the stream starts from exactly that point. A crash
   during the copy leaves a slot without a state row: the next start drops the slot and copies again.
+  A copy into a mirror that has rows (the slot was dropped or lost) merges: new ids inserted, changed
+  or tombstoned ones updated, equal ones left untouched (their `_synced_at` too), and live rows the
+  snapshot lacks tombstoned at the copy's time; the mirror never forgets a delete.
 * Changes come in whole store transactions and are applied in batches (STREAM_BATCH_MS after the
   first change, or STREAM_BATCH_CHANGES changes, whichever comes first), each batch in ONE warehouse
   transaction that also moves `_stream_state.lsn` to the end of the batch's last store transaction
@@ -40,7 +43,7 @@ from psycopg.types.json import Jsonb
 
 from apparel import pgoutput
 from apparel.pgoutput import UNCHANGED, format_lsn, parse_lsn
-from apparel.store import MIRROR_SCHEMA, STORE_TABLES, STORE_TABLES_BY_NAME, ensure_mirror
+from apparel.store import MIRROR_SCHEMA, STORE_TABLES, STORE_TABLES_BY_NAME, StoreTable, ensure_mirror
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,11 @@ class StreamStats:
     changes: int = 0
     dead_letters: int = 0
     reconnects: int = 0
-    initial_rows: int = 0
+    initial_rows: int = 0  # rows of the shop's tables copied at a new slot's snapshot
+    initial_inserted: int = 0  # ... of which the mirror lacked
+    initial_updated: int = 0  # ... of which it had other values of (or a tombstone)
+    initial_unchanged: int = 0  # ... of which it had as they were (left untouched)
+    initial_deleted: int = 0  # live mirror rows the snapshot lacked, tombstoned
     caught_up: bool = False
     seconds: float = 0.0
     lsn: str = ""
@@ -185,6 +192,142 @@ def _mirror_columns(warehouse: psycopg.Connection) -> dict[str, list[str]]:
     return columns
 
 
+@dataclass
+class CopyCounts:
+    """What an initial copy did to the mirror: the snapshot's rows, of which `inserted` (ids the
+    mirror lacked), `updated` (other values, or a tombstone brought back) and `unchanged` (left
+    untouched); `deleted`: live mirror rows the snapshot lacks, tombstoned."""
+
+    rows: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+    def add(self, other: CopyCounts) -> None:
+        self.rows += other.rows
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.deleted += other.deleted
+        self.unchanged += other.unchanged
+
+    def __str__(self) -> str:
+        return (
+            f"{self.inserted:,} inserted, {self.updated:,} updated, {self.deleted:,} deleted,"
+            f" {self.unchanged:,} unchanged"
+        )
+
+
+_BOOKKEEPING = ["_lsn", "_store_committed_at", "_synced_at", "_deleted_at", "_batch_id"]
+
+
+def _pipe(store: psycopg.Connection, warehouse: psycopg.Connection, source: sql.Composed, target) -> int:
+    """COPY from the store straight into the warehouse, block by block; returns the rows copied."""
+    wcur = warehouse.cursor()
+    with store.cursor().copy(source) as copy_out, wcur.copy(target) as copy_in:
+        for block in copy_out:
+            copy_in.write(block)
+    return wcur.rowcount
+
+
+def _copy_into_empty(
+    store: psycopg.Connection,
+    warehouse: psycopg.Connection,
+    table: StoreTable,
+    columns: list[str],
+    params: dict,
+) -> CopyCounts:
+    """First start: the snapshot straight into the (empty) mirror table, bookkeeping columns computed
+    by the store's SELECT (one pass, no update after)."""
+    source = sql.SQL(
+        "copy (select {cols}, {lsn}::pg_lsn, null::timestamptz, {synced}::timestamptz,"
+        " null::timestamptz, {batch}::bigint from {table}) to stdout"
+    ).format(
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        lsn=sql.Literal(params["lsn"]),
+        synced=sql.Literal(params["synced_at"]),
+        batch=sql.Literal(params["batch_id"]),
+        table=sql.Identifier("public", table.name),
+    )
+    target = sql.SQL("copy {} ({}) from stdin").format(
+        sql.Identifier(MIRROR_SCHEMA, table.name),
+        sql.SQL(", ").join(map(sql.Identifier, [*columns, *_BOOKKEEPING])),
+    )
+    rows = _pipe(store, warehouse, source, target)
+    return CopyCounts(rows=rows, inserted=rows)
+
+
+def _merge_copy(
+    store: psycopg.Connection,
+    warehouse: psycopg.Connection,
+    table: StoreTable,
+    columns: list[str],
+    params: dict,
+) -> CopyCounts:
+    """A copy into a mirror that has rows (the slot was dropped or lost): the snapshot is COPYed into
+    a temporary table and merged, so the mirror keeps its tombstones and rows whose values are equal
+    keep their bookkeeping (`_synced_at` is the incremental models' watermark)."""
+    mirror = sql.Identifier(MIRROR_SCHEMA, table.name)
+    snap = sql.Identifier(f"_recopy_{table.name}")
+    key = sql.Identifier(table.primary_key)
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    values = [c for c in columns if c != table.primary_key]
+    warehouse.execute(
+        sql.SQL("create temp table {} on commit drop as select {} from {} with no data").format(
+            snap, cols, mirror
+        )
+    )
+    rows = _pipe(
+        store,
+        warehouse,
+        sql.SQL("copy (select {} from {}) to stdout").format(cols, sql.Identifier("public", table.name)),
+        sql.SQL("copy {} ({}) from stdin").format(snap, cols),
+    )
+    warehouse.execute(sql.SQL("analyze {}").format(snap))
+    fmt = {
+        "mirror": mirror,
+        "snap": snap,
+        "key": key,
+        "cols": cols,
+        "snap_cols": sql.SQL(", ").join(sql.Identifier("s", c) for c in columns),
+    }
+    # Rows of the snapshot whose values differ, or that the mirror holds as a tombstone (restored).
+    updated = warehouse.execute(
+        sql.SQL(
+            "update {mirror} m set {sets}, _lsn = %(lsn)s::pg_lsn, _store_committed_at = null,"
+            " _synced_at = %(synced_at)s, _deleted_at = null, _batch_id = %(batch_id)s"
+            " from {snap} s where m.{key} = s.{key}"
+            " and (m._deleted_at is not null or row({mirror_vals}) is distinct from row({snap_vals}))"
+        ).format(
+            sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c)) for c in values),
+            mirror_vals=sql.SQL(", ").join(sql.Identifier("m", c) for c in values),
+            snap_vals=sql.SQL(", ").join(sql.Identifier("s", c) for c in values),
+            **fmt,
+        ),
+        params,
+    ).rowcount
+    # Ids the mirror lacks. _store_committed_at stays null: downstream reads the shop's updated_at.
+    inserted = warehouse.execute(
+        sql.SQL(
+            "insert into {mirror} ({cols}, _lsn, _store_committed_at, _synced_at, _deleted_at, _batch_id)"
+            " select {snap_cols}, %(lsn)s::pg_lsn, null, %(synced_at)s, null, %(batch_id)s from {snap} s"
+            " where not exists (select from {mirror} m where m.{key} = s.{key})"
+        ).format(**fmt),
+        params,
+    ).rowcount
+    # Live rows the snapshot lacks: deleted in the shop at or before the snapshot, whose time is the
+    # best known delete time.
+    deleted = warehouse.execute(
+        sql.SQL(
+            "update {mirror} m set _deleted_at = %(copy_time)s, _store_committed_at = %(copy_time)s,"
+            " _synced_at = %(synced_at)s, _lsn = %(lsn)s::pg_lsn, _batch_id = %(batch_id)s"
+            " where m._deleted_at is null and not exists (select from {snap} s where s.{key} = m.{key})"
+        ).format(**fmt),
+        params,
+    ).rowcount
+    return CopyCounts(rows, inserted, updated, deleted, rows - inserted - updated)
+
+
 def _copy_initial(
     store_url: str,
     warehouse: psycopg.Connection,
@@ -192,63 +335,49 @@ def _copy_initial(
     consistent_point: int,
     slot: str,
     mirror_columns: dict[str, list[str]],
-) -> int:
-    """Copy the three tables at the slot's snapshot into raw_store, with the state row, in one transaction."""
+) -> CopyCounts:
+    """Copy the three tables at the slot's snapshot into raw_store, with the state row, in one
+    transaction: straight into an empty mirror table, merged into one that has rows."""
     started = time.perf_counter()
-    rows = 0
+    counts = CopyCounts()
     lsn = format_lsn(consistent_point)
     with psycopg.connect(store_url, autocommit=True, options=_SESSION_OPTIONS) as store:
         store.execute("begin isolation level repeatable read")
         store.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
+        # The store's clock when this transaction began, after the slot (and its snapshot) was made.
+        copy_time = store.execute("select now()").fetchone()[0]
         with warehouse.transaction():
             batch_id, synced_at = warehouse.execute(
                 "select nextval(pg_get_serial_sequence(%s, 'batch_id')), now()",
                 (f"{MIRROR_SCHEMA}._stream_batches",),
             ).fetchone()
+            params = {"lsn": lsn, "synced_at": synced_at, "batch_id": batch_id, "copy_time": copy_time}
             for table in STORE_TABLES:
                 columns = [c for c in table.column_names if c in mirror_columns[table.name]]
-                warehouse.execute(sql.SQL("truncate {}").format(sql.Identifier(MIRROR_SCHEMA, table.name)))
-                # The bookkeeping columns are computed by the store's SELECT: one pass, no update after.
-                source = sql.SQL(
-                    "copy (select {cols}, {lsn}::pg_lsn, null::timestamptz, {synced}::timestamptz,"
-                    " null::timestamptz, {batch}::bigint from {table}) to stdout"
-                ).format(
-                    cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
-                    lsn=sql.Literal(lsn),
-                    synced=sql.Literal(synced_at),
-                    batch=sql.Literal(batch_id),
-                    table=sql.Identifier("public", table.name),
-                )
-                target = sql.SQL("copy {} ({}) from stdin").format(
-                    sql.Identifier(MIRROR_SCHEMA, table.name),
-                    sql.SQL(", ").join(
-                        map(
-                            sql.Identifier,
-                            [
-                                *columns,
-                                "_lsn",
-                                "_store_committed_at",
-                                "_synced_at",
-                                "_deleted_at",
-                                "_batch_id",
-                            ],
-                        )
-                    ),
-                )
-                wcur = warehouse.cursor()
-                with store.cursor().copy(source) as copy_out, wcur.copy(target) as copy_in:
-                    for block in copy_out:
-                        copy_in.write(block)
-                rows += wcur.rowcount
+                has_rows = warehouse.execute(
+                    sql.SQL("select exists (select from {})").format(
+                        sql.Identifier(MIRROR_SCHEMA, table.name)
+                    )
+                ).fetchone()[0]
+                copy = _merge_copy if has_rows else _copy_into_empty
+                table_counts = copy(store, warehouse, table, columns, params)
+                log.debug("initial copy of %s: %s", table.name, table_counts)
+                counts.add(table_counts)
             _write_state(warehouse, slot, lsn)
             warehouse.execute(
                 f"insert into {MIRROR_SCHEMA}._stream_batches (batch_id, slot_name, lsn, transactions,"
                 " changes, committed_at, apply_ms, lag_ms) overriding system value"
                 " values (%s, %s, %s, 0, %s, clock_timestamp(), %s, '{}')",
-                (batch_id, slot, lsn, rows, (time.perf_counter() - started) * 1000),
+                (
+                    batch_id,
+                    slot,
+                    lsn,
+                    counts.inserted + counts.updated + counts.deleted,
+                    (time.perf_counter() - started) * 1000,
+                ),
             )
         store.execute("commit")
-    return rows
+    return counts
 
 
 def _write_state(warehouse: psycopg.Connection, slot: str, lsn: str) -> None:
@@ -758,14 +887,19 @@ class _Stream:
                 _, consistent_point, snapshot, _ = cur.fetchone()
                 start = parse_lsn(consistent_point)
                 t0 = time.perf_counter()
-                rows = _copy_initial(self.store_url, warehouse, snapshot, start, self.slot, mirror_columns)
-                self.stats.initial_rows += rows
+                counts = _copy_initial(self.store_url, warehouse, snapshot, start, self.slot, mirror_columns)
+                self.stats.initial_rows += counts.rows
+                self.stats.initial_inserted += counts.inserted
+                self.stats.initial_updated += counts.updated
+                self.stats.initial_unchanged += counts.unchanged
+                self.stats.initial_deleted += counts.deleted
                 log.info(
-                    "initial copy: %d rows at %s in %.2f s (slot %s created)",
-                    rows,
+                    "initial copy: %s rows at %s in %.2f s (slot %s created): %s",
+                    f"{counts.rows:,}",
                     consistent_point,
                     time.perf_counter() - t0,
                     self.slot,
+                    counts,
                 )
             else:
                 start = state
