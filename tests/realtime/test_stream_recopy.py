@@ -145,33 +145,35 @@ def test_recopy_after_the_slot_is_dropped_merges(stream_env: StreamEnv, caplog: 
 
 def test_a_deleted_order_stays_out_of_staging_after_a_recopy(pg_admin_url: str, tmp_path: Path):
     """The same, with the shop seeded from the extracts (the same order ids) and seen through dbt:
-    the deleted order's extract row must not come back in stg_orders, nor its lines."""
+    the extract rows of an order deleted in the shop (before the slot was dropped, or while it was
+    gone) must not come back in stg_orders, nor its lines in stg_order_details."""
     with make_stream_env(pg_admin_url, pg_admin_url) as env:
         reset_store(env.store_url, DATASET_DIR, create_database=False)
         load_all(env.warehouse_url)
         env.run()
-        # Two orders both the extract and the shop have; the first with its lines in both.
-        gone, changed = (
+        # Orders both the extract and the shop have, with their lines in both: the first deleted
+        # while the stream runs, the third while the slot is gone; the second changed.
+        gone, changed, gone_later = (
             r[0]
             for r in env.warehouse(
                 f"select id from {MIRROR_SCHEMA}.shop_order s join raw.orders o on o.order_id = s.id"
                 " where exists (select from raw.order_details d where d.order_id = s.id)"
-                " order by id limit 2"
+                " order by id limit 3"
             )
         )
         lines = [
             r[0]
             for r in env.warehouse(
-                "select order_detail_id from raw.order_details where order_id = %s", (gone,)
+                "select order_detail_id from raw.order_details where order_id = any(%s)",
+                ([gone, gone_later],),
             )
         ]
-        assert (
-            lines
-            and len(lines)
-            == env.warehouse(
-                f"select count(*) from {MIRROR_SCHEMA}.shop_orderline where order_id = %s", (gone,)
-            )[0][0]
-        )
+        mirrored_lines = env.warehouse(
+            f"select count(*) filter (where order_id = %s), count(*) filter (where order_id = %s)"
+            f" from {MIRROR_SCHEMA}.shop_orderline",
+            (gone, gone_later),
+        )[0]
+        assert lines and len(lines) == sum(mirrored_lines)
         env.store(
             f"delete from shop_order where id = {gone}",
             f"update shop_order set status = 'cancelled', updated_at = now() where id = {changed}",
@@ -179,15 +181,16 @@ def test_a_deleted_order_stays_out_of_staging_after_a_recopy(pg_admin_url: str, 
         env.run()
         drop_replication_slot(env.store_url, env.slot)
         env.store(
+            f"delete from shop_order where id = {gone_later}",
             "insert into shop_order (id, customer_id, province_id, city_id) overriding system value"
-            " select max(id) + 1, 1, 1, 101 from shop_order"
+            " select max(id) + 1, 1, 1, 101 from shop_order",
         )
         with psycopg.connect(env.store_url) as conn:
             new_order = conn.execute("select max(id) from shop_order").fetchone()[0]
         restarted = env.cli("--until-caught-up", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out, _ = restarted.communicate(timeout=120)
         assert restarted.returncode == 0, out
-        assert "1 inserted, 0 updated, 0 deleted" in out, out
+        assert f"1 inserted, 0 updated, {1 + mirrored_lines[1]} deleted" in out, out
         env.assert_mirrored()
 
         dbt = Dbt(env.warehouse_url, tmp_path / "dbt-target")
@@ -195,13 +198,13 @@ def test_a_deleted_order_stays_out_of_staging_after_a_recopy(pg_admin_url: str, 
         staged = dict(
             env.warehouse(
                 "select order_id, order_status from staging.stg_orders where order_id = any(%s)",
-                ([gone, changed, new_order],),
+                ([gone, changed, gone_later, new_order],),
             )
         )
-        assert staged == {changed: "cancelled", new_order: "pending"}, "the deleted order came back"
+        assert staged == {changed: "cancelled", new_order: "pending"}, "a deleted order came back"
         back = env.warehouse(
             "select order_detail_id from staging.stg_order_details where order_detail_id = any(%s)"
-            " or order_id = %s",
-            (lines, gone),
+            " or order_id = any(%s)",
+            (lines, [gone, gone_later]),
         )
-        assert back == [], "lines of the deleted order came back"
+        assert back == [], "lines of a deleted order came back"
