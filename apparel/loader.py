@@ -1,10 +1,20 @@
-"""Load one extract into its raw table with COPY, and swap it in atomically.
+"""Load one extract into its raw table: COPY it into a staging table, then merge it in by key.
 
-A load runs in one transaction: create `raw._loading_<table>`, COPY the
-extract into it, check it (rows, primary key), then drop the old table and
-rename the new one into its place. Readers see the old table or the complete
-new one; a failure rolls everything back, so the previous contents stay.
-Every attempt leaves a row in `raw._load_log`, failures included.
+A raw table, once created, is never dropped or replaced: dbt's views on it, their comments and
+grants stay as they are. A load runs in one transaction:
+
+1. take the table's advisory lock (`pg_advisory_xact_lock`), so two loads of one table run one
+   after the other while loads of different tables stay parallel; after
+   `merge.LOAD_LOCK_TIMEOUT_SECONDS` of waiting the load fails, naming the table;
+2. COPY the extract into a staging table and check it (types, rows, primary key);
+3. the first load of a table makes that staging table the raw table (create, COPY, key: the fast
+   path); every later one merges it into the raw table (`apparel.merge`): new keys inserted,
+   changed rows updated, missing keys soft-deleted (`_deleted_at`), returning keys restored,
+   unchanged rows left unwritten. `_loaded_at` moves only for the rows the load wrote.
+
+Readers see the old rows or the new ones, never a mix; a failure rolls everything back, so nothing
+already loaded is lost or half-replaced. Every attempt leaves a row in `raw._load_log`, failures
+included, with the merge's counts (`inserted`, `updated`, `deleted`, `restored`, `unchanged`).
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from apparel import merge
+from apparel.merge import LoadLocked, MergeCounts
 from apparel.readers import Extract, SourceError, open_extract
 from apparel.sources import LOAD_LOG_TABLE, RAW_SCHEMA, SOURCES, Source
 from apparel.store import ensure_mirror
@@ -28,6 +40,8 @@ from apparel.store import ensure_mirror
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = "_loading_"
+
+MERGE_COUNTS = ("inserted", "updated", "deleted", "restored", "unchanged")
 
 LOAD_LOG_DDL = f"""
 create schema if not exists {RAW_SCHEMA};
@@ -47,26 +61,9 @@ create table if not exists {RAW_SCHEMA}.{LOAD_LOG_TABLE} (
     started_at  timestamptz not null,
     finished_at timestamptz not null default now()
 );
-"""
-
-# Views that read a raw table (dbt's staging views, a user's own) would block the drop of the
-# old table; we recreate them on the new one in the same transaction, deepest last.
-DEPENDENT_VIEWS_SQL = """
-with recursive deps(oid, depth) as (
-    select r.ev_class, 1
-    from pg_depend d join pg_rewrite r on r.oid = d.objid
-    where d.refobjid = %(table)s::regclass and r.ev_class <> %(table)s::regclass
-    union
-    select r.ev_class, deps.depth + 1
-    from deps join pg_depend d on d.refobjid = deps.oid join pg_rewrite r on r.oid = d.objid
-    where r.ev_class <> deps.oid and deps.depth < 20
-)
-select format('create %%s %%I.%%I as %%s',
-              case c.relkind when 'm' then 'materialized view' else 'view' end,
-              n.nspname, c.relname, pg_get_viewdef(c.oid))
-from (select oid, max(depth) as depth from deps group by oid) d
-join pg_class c on c.oid = d.oid join pg_namespace n on n.oid = c.relnamespace
-order by d.depth
+-- The merge's counts; a log made by an older loader gets them here (null on its old rows).
+alter table {RAW_SCHEMA}.{LOAD_LOG_TABLE}
+    {", ".join(f"add column if not exists {c} bigint" for c in MERGE_COUNTS)};
 """
 
 
@@ -81,6 +78,12 @@ class LoadResult:
     checksum: str = ""
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # What the load did to the raw table's rows (see `apparel.merge.MergeCounts`); 0 unless loaded.
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    restored: int = 0
+    unchanged: int = 0
 
 
 def file_checksum(path: Path) -> str:
@@ -93,7 +96,16 @@ def file_checksum(path: Path) -> str:
 
 def ensure_raw_schema(conn: psycopg.Connection) -> None:
     with conn.transaction():
-        conn.execute(LOAD_LOG_DDL)
+        # Looked up first: the ALTER would lock the log exclusively on every load, behind any reader.
+        ready = conn.execute(
+            "select count(*) = %s from pg_attribute where attrelid = to_regclass(%s)"
+            " and attname = any(%s) and not attisdropped",
+            (len(MERGE_COUNTS), f"{RAW_SCHEMA}.{LOAD_LOG_TABLE}", list(MERGE_COUNTS)),
+        ).fetchone()[0]
+        if not ready:
+            # Parallel loads of a new warehouse would otherwise collide creating the same table.
+            conn.execute("select pg_advisory_xact_lock(hashtext('apparel raw ddl'))")
+            conn.execute(LOAD_LOG_DDL)
         # The shop's mirror too, empty when the stream never ran, so dbt always finds its sources.
         ensure_mirror(conn)
 
@@ -107,7 +119,7 @@ def load_source(
     run_id: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> LoadResult:
-    """Load `source` from `dataset_dir` into `raw.<table>`. Raises SourceError on bad input."""
+    """Load `source` from `dataset_dir` into `raw.<table>`. Raises LoadFailed (logged) on failure."""
     path = dataset_dir / source.file
     batch_id = uuid.uuid4()
     started = time.monotonic()
@@ -126,12 +138,15 @@ def load_source(
                     result.checksum[:12],
                 )
             else:
+                conn.commit()  # the load's transaction is a new one, begun by its lock
                 extract = open_extract(source, path)
                 result.warnings = check_columns(source, extract)
-                result.rows = _copy_and_swap(conn, source, extract, batch_id, on_progress)
+                result.rows, counts = _copy_and_merge(conn, source, extract, batch_id, on_progress)
+                vars(result).update(vars(counts))
+                log.info("%s: %s", source.file, counts)
                 result.bytes = _table_bytes(conn, source)
                 result.status = "loaded"
-        except SourceError as e:
+        except (SourceError, LoadLocked) as e:
             conn.rollback()
             result.error = str(e)
         except psycopg.Error as e:
@@ -158,7 +173,9 @@ def _unchanged(conn: psycopg.Connection, source: Source, checksum: str) -> bool:
         sql.SQL(
             "select 1 from {log} where source = %s and status = 'loaded' and checksum = %s"
             " and load_id = (select max(load_id) from {log} where source = %s and status = 'loaded')"
-            " and to_regclass(%s) is not null"
+            # A table made by an older loader (no `_deleted_at`) is reloaded once, which upgrades it.
+            " and exists (select from pg_attribute where attrelid = to_regclass(%s)"
+            " and attname = '_deleted_at' and not attisdropped)"
         ).format(log=sql.Identifier(RAW_SCHEMA, LOAD_LOG_TABLE)),
         (source.name, checksum, source.name, source.qualified_table),
     ).fetchone()
@@ -207,65 +224,73 @@ def check_columns(source: Source, extract: Extract) -> list[str]:
     return []
 
 
-def _copy_and_swap(
+def _copy_and_merge(
     conn: psycopg.Connection,
     source: Source,
     extract: Extract,
     batch_id: uuid.UUID,
     on_progress: Callable[[int], None] | None,
-) -> int:
+) -> tuple[int, MergeCounts]:
+    """COPY the extract into a staging table and fold it into the raw table; returns (rows, counts)."""
     table = sql.Identifier(RAW_SCHEMA, source.table)
-    staging_name = STAGING_PREFIX + source.table
-    staging = sql.Identifier(RAW_SCHEMA, staging_name)
-    # Extra CSV columns must still be read by COPY; they land in throw-away columns dropped before the swap.
+    # Extra CSV columns must still be read by COPY; they land in throw-away columns dropped after it.
     copy_columns = [c if c in source.column_names else f"_extra_{i}" for i, c in enumerate(extract.columns)]
     extra_columns = [c for c in copy_columns if c not in source.column_names]
 
     with conn.transaction():
-        conn.execute(sql.SQL("drop table if exists {}").format(staging))
+        loaded_at = merge.lock_table(conn, source)
+        # Checked under the lock: a load that waited finds the table the one before it created.
+        first_load = not _exists(conn, source.qualified_table)
+        # The first load COPYs straight into the new raw table; a later one into a temporary table
+        # (no WAL, private to this session), dropped once merged.
+        staging_name = source.table if first_load else STAGING_PREFIX + source.table
+        staging = table if first_load else sql.Identifier("pg_temp", staging_name)
         conn.execute(create_table_sql(source, staging, extra_columns))
-        copy_sql = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
-            staging, sql.SQL(", ").join(map(sql.Identifier, copy_columns))
-        )
-        sent = 0
-        try:
-            with conn.cursor() as cur:
-                with cur.copy(copy_sql) as copy:
-                    for chunk in extract.chunks:
-                        copy.write(chunk)
-                        sent += len(chunk)
-                        if on_progress:
-                            on_progress(sent)
-                rows = cur.rowcount
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:  # a bad value; NULL in the key
-            raise copy_error(source, extract, e) from None
-        if rows == 0:
-            raise SourceError(source.file, "no data rows (the file has a header only)")
+        rows = _copy(conn, source, extract, staging, copy_columns, on_progress)
         for column in extra_columns:
             conn.execute(sql.SQL("alter table {} drop column {}").format(staging, sql.Identifier(column)))
-        _add_primary_key(conn, source, extract, staging)
-        conn.execute(sql.SQL("alter table {} alter column _source_row drop identity").format(staging))
-        _add_load_columns(conn, source, staging, batch_id)
-        views = (
-            [r[0] for r in conn.execute(DEPENDENT_VIEWS_SQL, {"table": source.qualified_table}).fetchall()]
-            if _exists(conn, source.qualified_table)
-            else []
-        )
-        conn.execute(sql.SQL("drop table if exists {} cascade").format(table))
-        conn.execute(sql.SQL("alter table {} rename to {}").format(staging, sql.Identifier(source.table)))
-        conn.execute(
-            sql.SQL("alter table {} rename constraint {} to {}").format(
-                table, sql.Identifier(f"{staging_name}_pkey"), sql.Identifier(f"{source.table}_pkey")
+        _add_primary_key(conn, source, extract, staging, f"{staging_name}_pkey")
+        if first_load:
+            merge.finish_first_load(conn, source, batch_id, loaded_at)
+            counts = MergeCounts(inserted=rows)
+        else:
+            merge.upgrade_raw_table(conn, source)
+            conn.execute(sql.SQL("analyze {}").format(staging))  # the planner's row estimates for the join
+            counts = merge.merge_into_raw(
+                conn, source, staging, rows=rows, loaded_at=loaded_at, batch_id=batch_id
             )
-        )
-        for view in views:
-            conn.execute(view)
-        conn.execute(
-            sql.SQL("comment on table {} is {}").format(
-                table, sql.Literal(f"{source.description} Loaded from {source.file}.")
-            )
-        )
-    conn.execute(sql.SQL("analyze {}").format(table))
+            conn.execute(sql.SQL("drop table {}").format(staging))
+        merge.set_comment(conn, source)
+    if counts.inserted or counts.updated or counts.deleted or counts.restored:
+        conn.execute(sql.SQL("analyze {}").format(table))
+    return rows, counts
+
+
+def _copy(
+    conn: psycopg.Connection,
+    source: Source,
+    extract: Extract,
+    staging: sql.Identifier,
+    copy_columns: list[str],
+    on_progress: Callable[[int], None] | None,
+) -> int:
+    copy_sql = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
+        staging, sql.SQL(", ").join(map(sql.Identifier, copy_columns))
+    )
+    sent = 0
+    try:
+        with conn.cursor() as cur:
+            with cur.copy(copy_sql) as copy:
+                for chunk in extract.chunks:
+                    copy.write(chunk)
+                    sent += len(chunk)
+                    if on_progress:
+                        on_progress(sent)
+            rows = cur.rowcount
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:  # a bad value; NULL in the key
+        raise copy_error(source, extract, e) from None
+    if rows == 0:
+        raise SourceError(source.file, "no data rows (the file has a header only)")
     return rows
 
 
@@ -285,29 +310,8 @@ def create_table_sql(source: Source, staging: sql.Identifier, extra_columns: lis
     return sql.SQL("create table {} ({})").format(staging, sql.SQL(", ").join(columns))
 
 
-def _add_load_columns(
-    conn: psycopg.Connection, source: Source, staging: sql.Identifier, batch_id: uuid.UUID
-) -> None:
-    """The load's metadata, the same for every row: added after the COPY as constant defaults.
-
-    PostgreSQL stores a non-volatile default once in the catalogue instead of in every row, so
-    these columns cost no COPY time and no table bytes (now() is the transaction's start time).
-    """
-    for column, definition in [
-        ("_loaded_at", sql.SQL("timestamptz not null default now()")),
-        ("_source_file", sql.SQL("text not null default {}").format(sql.Literal(source.file))),
-        ("_batch_id", sql.SQL("uuid not null default {}").format(sql.Literal(str(batch_id)))),
-    ]:
-        conn.execute(
-            sql.SQL("alter table {} add column {} {}").format(staging, sql.Identifier(column), definition)
-        )
-        conn.execute(
-            sql.SQL("alter table {} alter column {} drop default").format(staging, sql.Identifier(column))
-        )
-
-
 def _add_primary_key(
-    conn: psycopg.Connection, source: Source, extract: Extract, staging: sql.Identifier
+    conn: psycopg.Connection, source: Source, extract: Extract, staging: sql.Identifier, name: str
 ) -> None:
     """Add the key after the COPY (one bulk index build); on a duplicate, name its rows."""
     key = sql.Identifier(source.primary_key)
@@ -317,7 +321,7 @@ def _add_primary_key(
         ):  # a savepoint: the duplicate search below still runs in the load's transaction
             conn.execute(
                 sql.SQL("alter table {} add constraint {} primary key ({})").format(
-                    staging, sql.Identifier(f"{STAGING_PREFIX}{source.table}_pkey"), key
+                    staging, sql.Identifier(name), key
                 )
             )
     except psycopg.errors.UniqueViolation:
@@ -361,19 +365,24 @@ def _exists(conn: psycopg.Connection, qualified: str) -> bool:
 
 
 def _table_bytes(conn: psycopg.Connection, source: Source) -> int:
-    return conn.execute("select pg_total_relation_size(%s::regclass)", (source.qualified_table,)).fetchone()[
-        0
-    ]
+    query = "select pg_total_relation_size(%s::regclass)"
+    return conn.execute(query, (source.qualified_table,)).fetchone()[0]
 
 
 def _write_log(
     conn: psycopg.Connection, result: LoadResult, batch_id: uuid.UUID, run_id: str | None, started_at
 ) -> None:
+    # The counts only for a load that merged: a skip or a failure wrote no row.
+    counts = [getattr(result, c) if result.status == "loaded" else None for c in MERGE_COUNTS]
     conn.execute(
         sql.SQL(
             "insert into {} (batch_id, source, file, checksum, rows, bytes, seconds, status, error, warnings,"
-            " run_id, started_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        ).format(sql.Identifier(RAW_SCHEMA, LOAD_LOG_TABLE)),
+            " run_id, started_at, {}) values ({})"
+        ).format(
+            sql.Identifier(RAW_SCHEMA, LOAD_LOG_TABLE),
+            sql.SQL(", ").join(map(sql.Identifier, MERGE_COUNTS)),
+            sql.SQL(", ").join([sql.Placeholder()] * (12 + len(MERGE_COUNTS))),
+        ),
         (
             batch_id,
             result.source,
@@ -387,6 +396,7 @@ def _write_log(
             "; ".join(result.warnings) or None,
             run_id,
             started_at,
+            *counts,
         ),
     )
 
@@ -415,12 +425,15 @@ def check_foreign_keys(url: str, sources: tuple[Source, ...] = SOURCES) -> list[
                 parent = next(s for s in SOURCES if s.name == fk.ref_table)
                 if not (_exists(conn, source.qualified_table) and _exists(conn, parent.qualified_table)):
                     continue
+                # Live rows only, as downstream models read them: a soft-deleted parent is missing.
                 count, examples = conn.execute(
                     sql.SQL(
                         "select count(*), (array_agg(distinct c.{col}::text))[1:5] from {child} c"
-                        " where c.{col} is not null and not exists"
-                        " (select 1 from {parent} p where p.{ref} = c.{col})"
+                        " where c.{col} is not null and {child_live} and not exists"
+                        " (select 1 from {parent} p where p.{ref} = c.{col} and {parent_live})"
                     ).format(
+                        child_live=merge.live(conn, source, "c"),
+                        parent_live=merge.live(conn, parent, "p"),
                         col=sql.Identifier(fk.column),
                         child=sql.Identifier(RAW_SCHEMA, source.table),
                         parent=sql.Identifier(RAW_SCHEMA, parent.table),
