@@ -1,7 +1,7 @@
 {#
     The order lines that count as sales, as a subquery: every staged line except those of
     cancelled orders (the revenue of a cancelled order is not revenue). fct_transactions holds
-    exactly these lines; its post-hook and the reconciliation test use this same definition.
+    exactly these lines; the reconciliation test reads them through this definition.
 #}
 {% macro sold_order_lines() -%}
     (

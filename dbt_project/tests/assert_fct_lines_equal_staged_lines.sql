@@ -1,33 +1,52 @@
 -- Reconciliation: the fact holds exactly the staged order lines that are sales (all but those of
--- cancelled orders), no more, no fewer.
--- Returns the ids found on one side only (one full join: a single pass over both).
--- After appends only the lines above the last whole-table check are compared, on both sides
--- (macro fct_transactions_unchecked_rows): the load log proved every line below unchanged, and
--- an append writes no fact row below; any other load compares every line.
+-- cancelled orders), with their amounts, no more, no fewer.
+-- Read over the lines written in the last two days on either side, or whose order was (the window
+-- of the other tests on the fact, dbt's `where` config there): a full refresh writes every line,
+-- and `transform` runs daily, so every line is compared at least once.
+-- Returns the lines that differ, with what is wrong.
 with
 
+recent_lines as (
+    select order_detail_id from {{ ref('base_order_details') }}
+    where loaded_at >= now() - interval '2 days'
+    union
+    select transaction_id from {{ ref('fct_transactions') }}
+    where loaded_at >= now() - interval '2 days'
+    union
+    select order_detail_id from {{ ref('base_order_details') }}
+    where order_id in (
+        select order_id from {{ ref('base_orders') }}
+        where loaded_at >= now() - interval '2 days'
+    )
+),
+
 staged as (
-    select order_detail_id from {{ sold_order_lines() }} as sold
-    where {{ fct_transactions_unchecked_rows('order_detail_id') }}
+    select * from {{ sold_order_lines() }} as sold
+    where order_detail_id in (select order_detail_id from recent_lines)
 ),
 
 facts as (
-    select transaction_id from {{ ref('fct_transactions') }}
-    where {{ fct_transactions_unchecked_rows() }}
+    select * from {{ ref('fct_transactions') }}
+    where transaction_id in (select order_detail_id from recent_lines)
 ),
 
 final as (
     select
-        staged.order_detail_id,
-        facts.transaction_id,
+        coalesce(staged.order_detail_id, facts.transaction_id) as order_detail_id,
+        staged.amount as staged_amount,
+        facts.amount as fact_amount,
         case
             when facts.transaction_id is null then 'missing from fct_transactions'
-            else 'not a sold line of stg_order_details'
+            when staged.order_detail_id is null then 'not a sold line of stg_order_details'
+            else 'amount differs'
         end as problem
     from staged
     full outer join facts
         on staged.order_detail_id = facts.transaction_id
-    where staged.order_detail_id is null or facts.transaction_id is null
+    where
+        staged.order_detail_id is null
+        or facts.transaction_id is null
+        or staged.amount <> facts.amount
 )
 
 select * from final

@@ -43,7 +43,8 @@ def read_extracts(dataset: Path) -> dict[str, pd.DataFrame]:
 
 
 # Each dimension's unknown member: a line whose customer, city or product is missing points here.
-UNKNOWN_CUSTOMER = {"customer_id": -1, "first_name": "Unknown", "last_name": "Unknown", "gender": "Unknown"}
+UNKNOWN_CUSTOMER = {"customer_id": -1, "first_name": "Unknown", "last_name": "Unknown", "full_name": "Unknown",
+                    "gender": "Unknown"}  # fmt: skip
 UNKNOWN_CITY = {"city_id": -1, "city_name": "UNKNOWN", "city_type": "UNKNOWN", "province_id": -1,
                 "province_name": "UNKNOWN"}  # fmt: skip
 UNKNOWN_PRODUCT = {"product_id": -1, "product_name": "Unknown", "product_type": "Unknown", "size": "Unknown",
@@ -122,17 +123,33 @@ def sales_from_store(dataset: Path, store_url: str) -> Sales:
 
 
 def sales_from_files_and_mirror(dataset: Path, warehouse_url: str) -> Sales:
-    """Sales from the extract files and the shop's rows as mirrored in `raw_store`: for the same id
-    the shop's row wins, and a row deleted in the shop (a tombstone) takes the extract's row away."""
+    """Sales from the extract files and the shop's rows as mirrored in `raw_store`, by the rule the
+    staging docs state: for one id the most recent change wins, a deletion on either side included.
+
+    An extract row's change time is when a load last inserted, changed or restored it (its raw row's
+    `_loaded_at`); an id the files no longer hold was deleted at its raw row's `_loaded_at`. A shop
+    row's change time is its commit time (`_store_committed_at`, else its `updated_at`); a tombstone
+    is a deletion. On a tie the shop's row wins."""
     x = read_extracts(dataset)
-    shop = _shop_tables(warehouse_url, schema="raw_store.", extra=", _deleted_at is not null as deleted")
+    shop = _shop_tables(
+        warehouse_url,
+        schema="raw_store.",
+        extra=", _deleted_at is not null as deleted, coalesce(_store_committed_at, updated_at) as changed_at",
+    )
     extract = [x["orders"].assign(status="delivered"), x["details"], x["customers"]]
+    raw_tables = ["orders", "order_details", "customers"]
     keys = ["order_id", "order_detail_id", "customer_id"]
     combined = []
-    for ours, theirs, key in zip(extract, shop, keys, strict=True):
-        shadowed = ours[key].isin(theirs[key])
-        alive = theirs[~theirs["deleted"].astype(bool)].drop(columns="deleted")
-        combined.append(pd.concat([ours[~shadowed], alive]))
+    with psycopg.connect(warehouse_url) as conn:
+        for ours, theirs, table, key in zip(extract, shop, raw_tables, keys, strict=True):
+            times = _frame(conn, f"select {key}, _loaded_at as changed_at from raw.{table}")
+            ours = ours.merge(times, on=key, how="left", validate="one_to_one").assign(deleted=False)
+            gone = times[~times[key].isin(ours[key])].assign(deleted=True)
+            versions = pd.concat([ours.assign(shop=False), gone.assign(shop=False), theirs.assign(shop=True)])
+            versions["changed_at"] = pd.to_datetime(versions["changed_at"], utc=True)
+            latest = versions.sort_values([key, "changed_at", "shop"]).drop_duplicates(key, keep="last")
+            alive = latest[~latest["deleted"].astype(bool)]
+            combined.append(alive.drop(columns=["deleted", "changed_at", "shop"]))
     return _sales(x, *combined)
 
 
@@ -242,7 +259,12 @@ def expected_customer_segments(s: Sales) -> pd.DataFrame:
         ]
     ):  # the first rule that matches wins: apply them last to first
         c.loc[rule, "rfm_segment"] = segment
-    people = s.customers.assign(full_name=s.customers["first_name"] + " " + s.customers["last_name"])
+    # the unknown member is named 'Unknown' (UNKNOWN_CUSTOMER), everyone else first and last name
+    people = s.customers.assign(
+        full_name=s.customers["full_name"].fillna(s.customers["first_name"] + " " + s.customers["last_name"])
+        if "full_name" in s.customers
+        else s.customers["first_name"] + " " + s.customers["last_name"]
+    )
     return c.merge(people[["customer_id", "full_name", "gender"]], on="customer_id", validate="one_to_one")
 
 

@@ -12,7 +12,8 @@ described as (
         last_name,
         -- concat_ws skips a missing part instead of nulling the whole name
         concat_ws(' ', first_name, last_name) as full_name,
-        gender
+        gender,
+        loaded_at
     from customers
 ),
 
@@ -24,7 +25,8 @@ unknown_member as (
         'Unknown' as first_name,
         'Unknown' as last_name,
         'Unknown' as full_name,
-        'Unknown' as gender
+        'Unknown' as gender,
+        cast('-infinity' as timestamptz) as loaded_at
 ),
 
 final as (

@@ -19,7 +19,9 @@ located as (
             when 'KOTA' then 'KOTA'
         end as city_type,
         cities.province_id,
-        coalesce(provinces.province_name, 'UNKNOWN') as province_name
+        coalesce(provinces.province_name, 'UNKNOWN') as province_name,
+        -- a city's key depends on the city alone: its own change time, not its province's
+        cities.loaded_at
     from cities
     left join provinces
         on cities.province_id = provinces.province_id
@@ -33,7 +35,8 @@ unknown_member as (
         'UNKNOWN' as city_name,
         'UNKNOWN' as city_type,
         -1 as province_id,
-        'UNKNOWN' as province_name
+        'UNKNOWN' as province_name,
+        cast('-infinity' as timestamptz) as loaded_at
 ),
 
 final as (

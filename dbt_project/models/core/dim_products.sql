@@ -27,6 +27,7 @@ versioned as (
         price,
         product_category_id,
         dbt_valid_from,
+        dbt_updated_at,
         row_number() over (partition by product_id order by dbt_valid_from) as version_number,
         coalesce(dbt_valid_to, cast('9999-12-31' as timestamp)) as valid_to
     from snapshot_versions
@@ -65,7 +66,9 @@ described as (
         windowed.version_number,
         windowed.valid_from,
         windowed.valid_to,
-        windowed.valid_to = cast('9999-12-31' as timestamp) as is_current
+        windowed.valid_to = cast('9999-12-31' as timestamp) as is_current,
+        -- when the snapshot wrote this version: fct_transactions re-keys the lines it now covers
+        cast(windowed.dbt_updated_at as timestamptz) as loaded_at
     from windowed
     left join categories
         on windowed.product_category_id = categories.product_category_id
@@ -86,7 +89,8 @@ unknown_member as (
         1 as version_number,
         cast('1900-01-01' as timestamp) as valid_from,
         cast('9999-12-31' as timestamp) as valid_to,
-        true as is_current
+        true as is_current,
+        cast('-infinity' as timestamptz) as loaded_at
 ),
 
 final as (

@@ -1,80 +1,55 @@
 {#
-    Sales transactions: one row per order line (transaction_id = order_detail_id).
+    Sales transactions: one row per order line sold (transaction_id = order_detail_id), from the
+    extract's and the shop's lines (staging: for one id the most recent change wins). Lines of
+    cancelled orders are not sales and stay out; a line whose order header, customer, city or
+    product is unknown counts under that dimension's unknown member.
 
-    Incremental, two paths. Raw loads replace whole tables, so `_loaded_at` moves for every
-    row on every load and cannot tell new lines from old ones; the load log
-    fct_transactions_loads (run just before) fingerprints the inputs instead:
-
-    - append: the sold order lines and the order headers up to the previous load's highest
-      ids, and the dimension members, are provably the same as when the fact was last built.
-      Every stored row is then still what a full refresh would build, and only the lines above
-      the previous highest line id are read and inserted.
-    - compare (anything else: a line changed, deleted or cancelled in the shop, a late line,
-      a dimension change): each sold line is compared with the stored row of the same
-      transaction_id and only lines that are new, whose source values changed (source_hash:
-      md5 of the line and its order header), or whose dimension keys resolve differently now
-      (a late-arriving customer, city or product, a member gone, a price version snapshotted
-      that covers the order date) are merged; lines gone (from the extract, deleted or
-      cancelled in the shop) are deleted by the post-hook.
-
-    Lines of cancelled orders are not sales and stay out. Either way an incremental run ends
-    equal to a full refresh. The last post-hook records in the log, in the same transaction,
-    that this run's inputs are now what the fact holds.
+    Incremental on transaction_id. A run rebuilds the lines whose inputs changed after the fact's
+    high-water mark (loaded_at: when the last run wrote a row): the line itself, its order header,
+    the order's customer or city (so the lines of a late-arriving member are re-keyed when it
+    arrives), or the product version that covers the order date. The pre-hooks first remove the
+    lines deleted since then (from an extract or in the shop) and those of orders deleted or
+    cancelled. The inputs' loaded_at are written by dbt itself (the base models under staging,
+    the snapshot) or by the loader, so each change is seen by exactly one run. The transform DAG's
+    weekly full refresh is the safety net.
 #}
--- depends_on: {{ ref('fct_transactions_loads') }}
--- The index on (customer_key, date_key), a foreign key's index as usual in a star, lets
--- dm_revenue_by_months look up whether a new line's customer already bought in that month.
+-- depends_on: {{ ref('base_order_details') }}
+-- depends_on: {{ ref('base_orders') }}
+-- depends_on: {{ ref('base_customers') }}
 {{
     config(
         materialized='incremental',
         unique_key='transaction_id',
-        incremental_strategy='merge_or_append',
+        incremental_strategy='merge',
         on_schema_change='fail',
-        indexes=[{'columns': ['customer_key', 'date_key']}],
-        post_hook=[
-            "{% if is_incremental() and fct_transactions_load_plan().path == 'compare' %}
-            -- after the merge the table holds every sold line, so it has more rows only when
-            -- lines were removed (from the extract, deleted or cancelled in the shop); the
-            -- counts spare the scan otherwise
-            delete from {{ this }} as fct
-            where
-                (select count(*) from {{ this }})
-                > (select count(*) from {{ sold_order_lines() }} as sold)
-                and not exists (
-                    select 1 from {{ sold_order_lines() }} as lines
-                    where lines.order_detail_id = fct.transaction_id
-                )
+        indexes=[{'columns': ['order_id']}, {'columns': ['loaded_at']}],
+        pre_hook=[
+            "{% if is_incremental() %}
+            delete from {{ this }}
+            where transaction_id in (
+                select order_detail_id from {{ ref('base_order_details') }}
+                where is_deleted and loaded_at > {{ high_water_mark() }}
+            )
             {% endif %}",
-            "{{ fct_transactions_record_load() }}",
-            "{% if not is_incremental() %}
-            -- fresh statistics after a full build, so later `transaction_id > n` filters
-            -- (append loads, marts, tests) are planned as the index range scans they are
-            analyze {{ this }}
+            "{% if is_incremental() %}
+            delete from {{ this }}
+            where order_id in (
+                select order_id from {{ ref('base_orders') }}
+                where (is_deleted or order_status = 'cancelled') and loaded_at > {{ high_water_mark() }}
+            )
             {% endif %}",
         ],
     )
 }}
-{%- set load_plan = fct_transactions_load_plan() if is_incremental() else none %}
-{%- set append_only = load_plan is not none and load_plan.path == 'append' %}
 
 with
 
--- the staged lines without those of cancelled orders
 order_lines as (
-    select * from {{ sold_order_lines() }} as sold
-    {% if append_only and load_plan.after_line_id is not none %}
-        -- append: every line up to here is already stored as a full refresh would store it
-        where order_detail_id > {{ load_plan.after_line_id }}
-    {% endif %}
+    select * from {{ ref('stg_order_details') }}
 ),
 
 orders as (
     select * from {{ ref('stg_orders') }}
-    {% if append_only and load_plan.min_order_id is not none %}
-        -- append: only the headers of the new lines' orders can join (a literal bound, so
-        -- PostgreSQL plans a small range instead of hashing every order header)
-        where order_id >= {{ load_plan.min_order_id }}
-    {% endif %}
 ),
 
 customers as (
@@ -89,27 +64,73 @@ product_versions as (
     select * from {{ ref('dim_products') }}
 ),
 
+{% if is_incremental() %}
+    -- The lines whose inputs changed. Each branch reads its models through their indexes (not
+    -- through the import CTEs above: PostgreSQL materializes a CTE read twice, in full).
+    changed_lines as (
+        -- the line itself
+        select order_detail_id from {{ ref('stg_order_details') }}
+        where loaded_at > {{ high_water_mark() }}
+
+        union
+
+        -- its order header, the order's customer (appeared, changed or gone) or city
+        select lines_of_orders.order_detail_id
+        from {{ ref('stg_order_details') }} as lines_of_orders
+        where lines_of_orders.order_id in (
+            select order_id from {{ ref('stg_orders') }}
+            where loaded_at > {{ high_water_mark() }}
+            union
+            select orders_of_customers.order_id from {{ ref('stg_orders') }} as orders_of_customers
+            where orders_of_customers.customer_id in (
+                select customer_id from {{ ref('base_customers') }}
+                where loaded_at > {{ high_water_mark() }}
+            )
+            union
+            select orders_in_cities.order_id from {{ ref('stg_orders') }} as orders_in_cities
+            where orders_in_cities.city_id in (
+                select city_id from {{ ref('dim_locations') }}
+                where loaded_at > {{ high_water_mark() }}
+            )
+        )
+
+        union
+
+        -- the product version that covers its order date (a new product, a new price version)
+        select lines_of_products.order_detail_id
+        from {{ ref('stg_order_details') }} as lines_of_products
+        inner join {{ ref('stg_orders') }} as orders_of_products
+            on lines_of_products.order_id = orders_of_products.order_id
+        inner join {{ ref('dim_products') }} as new_versions
+            on
+                lines_of_products.product_id = new_versions.product_id
+                and orders_of_products.order_date >= new_versions.valid_from
+        where new_versions.loaded_at > {{ high_water_mark() }}
+    ),
+{% endif %}
+
+lines_to_build as (
+    select * from order_lines
+    {% if is_incremental() %}
+        where order_detail_id in (select order_detail_id from changed_lines)
+    {% endif %}
+),
+
 joined as (
     select
-        order_lines.order_detail_id as transaction_id,
-        order_lines.order_id,
+        lines_to_build.order_detail_id as transaction_id,
+        lines_to_build.order_id,
         orders.order_date,
         coalesce({{ date_key('orders.order_date') }}, -1) as date_key,
         coalesce(customers.customer_key, {{ unknown_key() }}) as customer_key,
         coalesce(product_versions.product_key, {{ unknown_key() }}) as product_key,
         coalesce(locations.location_key, {{ unknown_key() }}) as location_key,
-        order_lines.quantity,
-        order_lines.unit_price,
-        order_lines.amount,
-        -- the source values the row is built from: the line and its order header
-        {{ surrogate_key([
-            'order_lines.order_id', 'order_lines.product_id', 'order_lines.quantity',
-            'order_lines.unit_price', 'order_lines.amount', 'orders.order_date',
-            'orders.customer_id', 'orders.city_id'
-        ]) }} as source_hash
-    from order_lines
+        lines_to_build.quantity,
+        lines_to_build.unit_price,
+        lines_to_build.amount
+    from lines_to_build
     left join orders
-        on order_lines.order_id = orders.order_id
+        on lines_to_build.order_id = orders.order_id
     left join customers
         on orders.customer_id = customers.customer_id
     left join locations
@@ -117,9 +138,11 @@ joined as (
     -- the product version valid on the order date (windows are half-open and do not overlap)
     left join product_versions
         on
-            order_lines.product_id = product_versions.product_id
+            lines_to_build.product_id = product_versions.product_id
             and orders.order_date >= product_versions.valid_from
             and orders.order_date < product_versions.valid_to
+    -- the revenue of a cancelled order is not revenue
+    where orders.order_status is distinct from 'cancelled'
 ),
 
 final as (
@@ -134,20 +157,9 @@ final as (
         cast(quantity as integer) as quantity,
         cast(unit_price as bigint) as unit_price,
         cast(amount as bigint) as amount,
-        cast(source_hash as text) as source_hash
+        -- when this run wrote the row: the high-water mark of the next run
+        cast(now() as timestamptz) as loaded_at
     from joined
-    {% if is_incremental() and not append_only %}
-        -- compare: only lines that are new, changed at the source, or whose keys resolve differently now
-        where not exists (
-            select 1 from {{ this }} as already_loaded
-            where
-                already_loaded.transaction_id = joined.transaction_id
-                and already_loaded.source_hash = joined.source_hash
-                and already_loaded.customer_key = joined.customer_key
-                and already_loaded.product_key = joined.product_key
-                and already_loaded.location_key = joined.location_key
-        )
-    {% endif %}
 )
 
 select * from final

@@ -7,32 +7,11 @@
     one of them better. revenue_share_in_city_pct is rounded to 0.01, so a city's shares add
     up to 100 within rounding.
 
-    Incremental. When every fct_transactions load since the last build only appended lines of
-    new orders (macro fct_transactions_changes_since), the stored totals stay valid and the
-    appended lines are added to them: quantities and revenue add up, and so do distinct
-    orders, since no appended order was counted before. Shares and ranks are then recomputed
-    for every city and the names joined afresh, and the table's rows replaced (a few thousand).
-    Any other change to the fact rebuilds the totals from the whole fact.
 #}
--- depends_on: {{ ref('fct_transactions_loads') }}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='replace',
-        on_schema_change='append_new_columns',
-    )
-}}
-{%- set plan = fct_transactions_changes_since(this) if is_incremental() else {'mode': 'full'} %}
-{%- set add_to_previous = plan.mode == 'delta' %}
-
 with
 
 transactions as (
     select * from {{ ref('fct_transactions') }}
-    {% if add_to_previous %}
-        -- only the lines appended since the last build
-        where {{ 'transaction_id > ' ~ plan.after_line_id if plan.after_line_id is not none else 'false' }}
-    {% endif %}
 ),
 
 product_versions as (
@@ -43,26 +22,12 @@ locations as (
     select * from {{ ref('dim_locations') }}
 ),
 
-previous_build as (
-    {% if add_to_previous %}
-        select * from {{ this }}
-    {% else %}
-        select
-            cast(null as integer) as city_id,
-            cast(null as integer) as product_id,
-            cast(null as bigint) as total_orders,
-            cast(null as bigint) as total_quantity,
-            cast(null as bigint) as revenue
-        where false
-    {% endif %}
-),
-
 current_products as (
     select * from product_versions
     where is_current
 ),
 
-new_sales as (
+sales as (
     select
         locations.city_id,
         product_versions.product_id,
@@ -75,21 +40,6 @@ new_sales as (
     inner join product_versions
         on transactions.product_key = product_versions.product_key
     group by locations.city_id, product_versions.product_id
-),
-
--- the stored totals plus the new lines' (no stored totals on a full build)
-sales as (
-    select
-        coalesce(new_sales.city_id, previous_build.city_id) as city_id,
-        coalesce(new_sales.product_id, previous_build.product_id) as product_id,
-        coalesce(previous_build.total_orders, 0) + coalesce(new_sales.total_orders, 0) as total_orders,
-        coalesce(previous_build.total_quantity, 0) + coalesce(new_sales.total_quantity, 0) as total_quantity,
-        coalesce(previous_build.revenue, 0) + coalesce(new_sales.revenue, 0) as revenue
-    from new_sales
-    full outer join previous_build
-        on
-            new_sales.city_id = previous_build.city_id
-            and new_sales.product_id = previous_build.product_id
 ),
 
 ranked as (
@@ -115,8 +65,7 @@ final as (
         cast(ranked.total_quantity as bigint) as total_quantity,
         cast(ranked.revenue as bigint) as revenue,
         cast(round(ranked.revenue_share, 2) as numeric(5, 2)) as revenue_share_in_city_pct,
-        cast(ranked.revenue_rank as integer) as revenue_rank_in_city,
-        {{ fct_transactions_last_load() }} as fact_loaded_at
+        cast(ranked.revenue_rank as integer) as revenue_rank_in_city
     from ranked
     inner join locations
         on ranked.city_id = locations.city_id

@@ -12,6 +12,8 @@ renamed as (
         province_id,
         _loaded_at as loaded_at
     from source
+    -- rows missing from the latest extract stay in raw with _deleted_at set
+    where _deleted_at is null
 )
 
 select * from renamed

@@ -14,6 +14,8 @@ renamed as (
         product_category_id,
         _loaded_at as loaded_at
     from source
+    -- rows missing from the latest extract stay in raw with _deleted_at set
+    where _deleted_at is null
 )
 
 select * from renamed

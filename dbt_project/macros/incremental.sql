@@ -1,0 +1,45 @@
+{#
+    Helpers of the incremental models: what changed since their last run, and which version of
+    an id is the latest when two places write it.
+#}
+
+{#
+    The arrival time (in raw) after which a base model reads its sources again: the newest
+    arrival it holds, but never later than `source_lookback` before now. A writer's rows carry
+    the time its transaction started, so a load still running while dbt ran shows up later with
+    an earlier time; the lookback reads those again (a version already stored is not rewritten).
+#}
+{% macro source_high_water_mark() -%}
+    (
+        select
+            least(
+                coalesce(max(source_loaded_at), '-infinity'),
+                now() - cast({{ "'" ~ var('source_lookback') ~ "'" }} as interval)
+            )
+        from {{ this }}
+    )
+{%- endmacro %}
+
+
+{#
+    One row per `key`: the version with the latest changed_at of the union of two relations with
+    the same columns (the shop's on a tie, source_name 'shop').
+#}
+{% macro latest_version(first, second, key) -%}
+    select distinct on ({{ key }}) versions.*
+    from (
+        select * from {{ first }}
+        union all
+        select * from {{ second }}
+    ) as versions
+    order by {{ key }}, changed_at desc, source_name = 'shop' desc
+{%- endmacro %}
+
+
+{#
+    The high-water mark of a model built from dbt's own models: when its last run wrote a row
+    (its loaded_at is now() of that run). Inputs written after it are what changed since.
+#}
+{% macro high_water_mark() -%}
+    (select coalesce(max(loaded_at), '-infinity') from {{ this }})
+{%- endmacro %}

@@ -1,0 +1,108 @@
+{#
+    Every order line id the extract or the shop has written, in its most recent version.
+
+    Two places write order lines: the order_details extract (raw.order_details) and the shop
+    (raw_store.shop_orderline, mirrored by the stream). For one id the most recent change wins:
+    an extract row's load time (_loaded_at) against the shop's commit time (_store_committed_at;
+    the shop's updated_at for rows the stream copied rather than streamed). A deletion is a change
+    at its own time (a line missing from a newer extract, a delete in the shop), so is_deleted
+    keeps deleted lines here; stg_order_details leaves them out, fct_transactions removes them.
+
+    Incremental: only ids that either side changed since the last run are resolved again, and a
+    winner already stored as it is (same side, same arrival) is not rewritten.
+#}
+{{
+    config(
+        materialized='incremental',
+        unique_key='order_detail_id',
+        incremental_strategy='merge',
+        indexes=[
+            {'columns': ['order_detail_id'], 'unique': True},
+            {'columns': ['order_id']},
+            {'columns': ['product_id']},
+            {'columns': ['loaded_at']},
+            {'columns': ['source_loaded_at']},
+        ],
+    )
+}}
+
+with
+
+extract_lines as (
+    select * from {{ source('raw', 'order_details') }}
+),
+
+shop_lines as (
+    select * from {{ source('raw_store', 'shop_orderline') }}
+),
+
+{% if is_incremental() %}
+    -- ids written on either side since the last run (each source read through its own index on
+    -- the arrival time, not through the import CTEs above, which are each read once)
+    changed_ids as (
+        select order_detail_id from {{ source('raw', 'order_details') }}
+        where _loaded_at > {{ source_high_water_mark() }}
+        union
+        select id from {{ source('raw_store', 'shop_orderline') }}
+        where _synced_at > {{ source_high_water_mark() }}
+    ),
+{% endif %}
+
+extract_versions as (
+    select
+        order_detail_id,
+        order_id,
+        product_id,
+        qty as quantity,
+        item_price as unit_price,
+        -- the extract calls the line amount `unit_sales` (= qty x item_price)
+        unit_sales as amount,
+        _deleted_at is not null as is_deleted,
+        'extract' as source_name,
+        _loaded_at as changed_at,
+        _loaded_at as source_loaded_at
+    from extract_lines
+    {% if is_incremental() %}
+        where order_detail_id in (select order_detail_id from changed_ids)
+    {% endif %}
+),
+
+shop_versions as (
+    select
+        id as order_detail_id,
+        order_id,
+        product_id,
+        quantity,
+        unit_price,
+        amount,
+        _deleted_at is not null as is_deleted,
+        'shop' as source_name,
+        coalesce(_store_committed_at, updated_at) as changed_at,
+        _synced_at as source_loaded_at
+    from shop_lines
+    {% if is_incremental() %}
+        where id in (select order_detail_id from changed_ids)
+    {% endif %}
+),
+
+latest_versions as (
+    {{ latest_version('extract_versions', 'shop_versions', 'order_detail_id') }}
+),
+
+final as (
+    select
+        latest_versions.*,
+        now() as loaded_at
+    from latest_versions
+    {% if is_incremental() %}
+        where not exists (
+            select 1 from {{ this }} as stored
+            where
+                stored.order_detail_id = latest_versions.order_detail_id
+                and stored.source_name = latest_versions.source_name
+                and stored.source_loaded_at = latest_versions.source_loaded_at
+        )
+    {% endif %}
+)
+
+select * from final
