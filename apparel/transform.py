@@ -94,9 +94,11 @@ def cosmos_configs() -> dict:
 
 
 def fresh_marts_configs() -> dict:
-    """Cosmos configuration of `fresh_marts`: only the tables downstream of the streamed tables.
+    """Cosmos configuration of `fresh_marts`: only the models downstream of the streamed tables.
 
-    Views (staging) are left out: they read raw_store as it is. So are the business marts, which
+    The staging views stay in, although replacing a view changes nothing: Cosmos links a model only
+    to rendered parents, and without them dim_customers would not wait for base_customers. The
+    business marts are left out: they
     recompute from the whole history (tag `whole_history`): `transform` builds them. Tests are left
     to the daily `transform`: the fresh path rebuilds, it does not re-check. dbt runs inside the task's own
     process (dbtRunner), which saves a Python start and dbt's imports per model.
@@ -109,7 +111,7 @@ def fresh_marts_configs() -> dict:
         load_method=LoadMode.DBT_MANIFEST,
         # Everything downstream of each mirrored table (Cosmos names a source `<source>.<table>`).
         select=[f"source:{STREAMED_SOURCE}.{table.name}+" for table in STORE_TABLES],
-        exclude=["config.materialized:view", f"tag:{WHOLE_HISTORY_TAG}", *NOT_RENDERED],
+        exclude=[f"tag:{WHOLE_HISTORY_TAG}", *NOT_RENDERED],
         test_behavior=TestBehavior.NONE,
         emit_datasets=False,
     )

@@ -4,13 +4,18 @@ Scheduled on the raw layer's asset, which `ingest_dataset` updates once its
 loads are done and at least one raw table changed. Each dbt model is a task
 group (run, then its tests); the marts are published as assets for dashboards
 and downstream DAGs.
+
+The incremental models (the base models under staging, the fact) build only
+what changed. Trigger with `{"full_refresh": true}` to rebuild them from
+scratch; `transform_full_refresh` does so every week, so that a mistake in an
+incremental run cannot outlive the week.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 from cosmos import DbtTaskGroup
 
 from apparel.ingest import RAW_LAYER
@@ -28,9 +33,17 @@ from apparel.transform import MARTS_ASSETS, cosmos_configs
     max_active_runs=1,
     tags=["dbt", "transform"],
     doc_md=__doc__,
+    params={
+        "full_refresh": Param(
+            False, type="boolean", description="Rebuild the incremental models from scratch (--full-refresh)."
+        )
+    },
 )
 def transform() -> None:
-    dbt = DbtTaskGroup(group_id="dbt", **cosmos_configs())
+    configs = cosmos_configs()
+    # Cosmos renders the template per task: dbt run/build/seed get --full-refresh when the param is set.
+    configs["operator_args"] = {**configs["operator_args"], "full_refresh": "{{ params.full_refresh }}"}
+    dbt = DbtTaskGroup(group_id="dbt", **configs)
 
     @task(outlets=MARTS_ASSETS)
     def publish_marts() -> None:

@@ -17,13 +17,18 @@ from tests.dbt.conftest import mirror
 
 pytestmark = pytest.mark.slow
 
-# The tables downstream of raw_store: dimensions that read it, the fact and its load log (which
-# lets the fact append the shop's new orders), the brief's two marts. No views, no tests, no exposures,
-# and not the business marts, which recompute from the whole history (left to `transform`).
+# The models downstream of raw_store: the base models that resolve the shop against the extracts and
+# the staging views on them, the dimensions that read them, the fact, the brief's two marts. No tests,
+# no exposures, and not the business marts, which recompute from the whole history (left to `transform`).
 FRESH_MODELS = {
+    "base_customers",
+    "base_orders",
+    "base_order_details",
+    "stg_customers",
+    "stg_orders",
+    "stg_order_details",
     "dim_customers",
     "dim_dates",
-    "fct_transactions_loads",
     "fct_transactions",
     *FRESH_MARTS,
 }
@@ -42,14 +47,19 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
     assert dbt_tasks == {f"dbt.{m}_run" for m in FRESH_MODELS}
     assert dag.timetable.expression == "* * * * *"
     assert dag.max_active_runs == 1 and not dag.catchup
-    assert dag.get_task("dbt.dim_customers_run").upstream_task_ids == {"transform_has_run"}
+    assert dag.get_task("dbt.base_customers_run").upstream_task_ids == {"transform_has_run"}
+    assert dag.get_task("dbt.dim_customers_run").upstream_task_ids == {"dbt.stg_customers_run"}
+    assert dag.get_task("dbt.stg_customers_run").upstream_task_ids == {"dbt.base_customers_run"}
     assert dag.get_task("dbt.fct_transactions_run").upstream_task_ids == {
+        "dbt.base_customers_run",
+        "dbt.base_orders_run",
+        "dbt.base_order_details_run",
+        "dbt.stg_orders_run",
+        "dbt.stg_order_details_run",
         "dbt.dim_customers_run",
-        "dbt.fct_transactions_loads_run",
     }
     assert dag.get_task("dbt.dm_revenue_by_months_run").upstream_task_ids == {
         "dbt.fct_transactions_run",
-        "dbt.fct_transactions_loads_run",
         "dbt.dim_dates_run",
     }
     # Never beside a dbt task of `transform`: each fresh task takes every slot of the pool they share.

@@ -34,6 +34,13 @@ def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
     assert not [t for t in task_ids if "dashboard" in t]
     # One run per ingest, after all of its loads: scheduled on the raw layer, not on each table.
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["raw"]
+    # The safety net: a full_refresh param, which the weekly DAG sets.
+    assert dag.params["full_refresh"] is False
+    assert dag.get_task("dbt.fct_transactions.run").full_refresh == "{{ params.full_refresh }}"
+    weekly = DagBag(dag_folder=str(PROJECT_ROOT / "airflow" / "dags" / "transform_full_refresh.py"))
+    trigger = weekly.dags["transform_full_refresh"].get_task("trigger_transform")
+    assert (trigger.trigger_dag_id, trigger.conf) == ("transform", {"full_refresh": True})
+    assert weekly.dags["transform_full_refresh"].timetable.expression == "0 2 * * 0"
 
 
 def test_ingest_then_transform_builds_the_marts(airflow_env, fresh_db: str) -> None:
@@ -49,3 +56,22 @@ def test_ingest_then_transform_builds_the_marts(airflow_env, fresh_db: str) -> N
         fact_lines = conn.execute("select count(*) from core.fct_transactions").fetchone()[0]
     assert months == (12, raw_total)
     assert fact_lines == 18258
+
+    # The weekly safety net's run: every incremental model rebuilt from scratch, to the same rows.
+    written_before = "select count(*), max(loaded_at), md5(string_agg(transaction_id || ':' || amount, ','"
+    written_before += " order by transaction_id)) from core.fct_transactions"
+    with psycopg.connect(fresh_db) as conn:
+        count, last_written, digest = conn.execute(written_before).fetchone()
+    run = airflow_dags_test(airflow_env, "transform", conf='{"full_refresh": true}', WAREHOUSE_URL=fresh_db)
+    assert run.returncode == 0, run.stdout[-5000:]
+    with psycopg.connect(fresh_db) as conn:
+        rebuilt = conn.execute(
+            "select count(*) filter (where loaded_at > %s), md5(string_agg(transaction_id || ':' || amount,"
+            " ',' order by transaction_id)) from core.fct_transactions",
+            (last_written,),
+        ).fetchone()
+        base_rebuilt = conn.execute(
+            "select bool_and(loaded_at > %s) from staging.base_order_details", (last_written,)
+        ).fetchone()[0]
+    assert rebuilt == (count, digest)
+    assert base_rebuilt
