@@ -1,5 +1,6 @@
 """`dbt source freshness` warns, then fails, as the raw layer and the shop's mirror go stale:
-the extracts after 12 h / 24 h without a load, raw_store after 10 minutes / an hour without a change."""
+the extracts after 12 h / 24 h without a load (the load log: a load that found the file unchanged
+counts, since it writes no row), raw_store after 10 minutes / an hour without a change."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ def freshness(dbt: Dbt) -> tuple[int, dict[str, str]]:
     return result.returncode, {r["unique_id"].split(".", 2)[2]: r["status"] for r in results}
 
 
-def age(dbt: Dbt, table: str, column: str, interval: str) -> None:
+def age(dbt: Dbt, table: str, column: str, interval: str, where: str = "true") -> None:
     with psycopg.connect(dbt.url, autocommit=True) as conn:
-        conn.execute(f"update {table} set {column} = now() - interval '{interval}'")
+        conn.execute(f"update {table} set {column} = now() - interval '{interval}' where {where}")
 
 
 def test_freshness_warns_then_fails_on_stale_extracts_and_mirror(dbt: Dbt) -> None:
@@ -36,14 +37,18 @@ def test_freshness_warns_then_fails_on_stale_extracts_and_mirror(dbt: Dbt) -> No
     code, status = freshness(dbt)
     assert code == 0 and set(status.values()) == {"pass"}, status
 
-    age(dbt, "raw.orders", "_loaded_at", "13 hours")
+    # An unchanged file's load writes no row, so the rows' own times say nothing about the load.
+    age(dbt, "raw.orders", "_loaded_at", "30 days")
+    code, status = freshness(dbt)
+    assert status["raw.orders"] == "pass", "freshness is the last load, not the last change"
+    age(dbt, "raw._load_log", "finished_at", "13 hours", "source = 'orders'")
     age(dbt, "raw_store.shop_order", "_synced_at", "11 minutes")
     code, status = freshness(dbt)
     assert code == 0, "a warning does not fail the run"
     assert (status["raw.orders"], status["raw_store.shop_order"]) == ("warn", "warn")
     assert status["raw.customers"] == status["raw_store.shop_orderline"] == "pass"
 
-    age(dbt, "raw.orders", "_loaded_at", "25 hours")
+    age(dbt, "raw._load_log", "finished_at", "25 hours", "source = 'orders'")
     age(dbt, "raw_store.shop_order", "_synced_at", "2 hours")
     code, status = freshness(dbt)
     assert code != 0, "stale data fails the run"
