@@ -95,8 +95,8 @@ generate: venv ## write scale SCALE extracts into bench-data/scale-SCALE/ (SCALE
 bench-ingest: venv ## compare our loader with psql \copy and pandas.to_sql at SCALE (default 10)
 	$(BIN)/python -m apparel.bench_ingest --scale $(SCALE) --seed $(SEED)
 
-bench-transform: venv ## time dbt build from scratch, then incremental after 1% new orders, at SCALE (default 10)
-	$(BIN)/python -m apparel.bench_transform --scale $(SCALE) --seed $(SEED)
+bench-transform: venv ## dbt build from scratch, then incremental steps (extracts, shop) at SCALES (default "10 100 1000")
+	$(BIN)/python -m apparel.bench_transform --scales $(or $(SCALES),10 100 1000) --seed $(SEED)
 
 bench-stream: venv ## CDC stream at 100, 1000, 5000 orders/s (BENCH_STREAM_ARGS="--seconds 20"): lag, rows compared
 	$(BIN)/python -m apparel.bench_stream $(BENCH_STREAM_ARGS)

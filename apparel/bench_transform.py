@@ -1,36 +1,47 @@
-"""Transformation benchmark: `dbt build` from scratch, then the incremental build after 1% new orders.
+"""Transformation benchmark: `dbt build` from scratch, then two incremental steps of a fixed size, per scale.
 
-`make bench-transform SCALE=N` generates (or reuses) the scale N extracts in `bench-data/scale-N/`,
-loads them into a throw-away database, and times:
+`make bench-transform SCALES="10 100 1000"` runs, for each scale N (extracts generated or reused in
+`bench-data/scale-N/`, a fresh warehouse and shop database each):
 
-1. `dbt build` from scratch (every model, snapshot and test);
-2. 1% new orders with their lines appended to copies of `orders.csv` and `order_details.csv`,
-   those two sources reloaded (a load replaces the whole table, as in production);
-3. the incremental step: `dbt build --select source:raw.orders+ source:raw.order_details+`, every
-   node downstream of the sources that were reloaded, with all their tests (about half the nodes;
-   apparel.dbt_runner.downstream_of_sources). The other models' inputs did not change, so neither
-   would they nor their tests' results. fct_transactions appends only the new lines (its
-   load log proves the rest unchanged), the marts add them to their totals, tests on the fact
-   read the rows appended since its last whole-table check.
+0. set-up (untimed): the extracts loaded by our loader, a shop database seeded from the same folder
+   (`apparel.store.ensure_store`) and mirrored into `raw_store` by the CDC stream (until caught up);
+1. the full build: `dbt build` from scratch (every seed, model, snapshot and test);
+2. step (a), extracts: NEW_ORDERS new orders with their lines (1% of scale 10's orders, the SAME
+   absolute change at every scale) appended to copies of `orders.csv` and `order_details.csv`, both
+   reloaded by the loader (which merges by key: only the new rows are written), then the timed
+   `dbt build --select source:raw.orders+ source:raw.order_details+` (tests included);
+3. step (b), a shop minute: the simulator writes SHOP_RATE orders/s for SHOP_SECONDS s into the shop
+   (seeded: the same orders, status changes, cancellations, line deletes and new customers at every
+   scale), the stream catches up, then the timed `dbt build --select source:raw_store+`.
 
-Both builds run in this process through dbt's Python API (dbtRunner), as a long-lived worker
-runs dbt, so the timings leave out importing dbt (about 3 s on 2 quiet cores), which
-every `dbt` command line pays whatever it builds. That import is timed once, before the builds,
-and the ratio is printed with it added to both too, which is what two `dbt build` command lines
-would show.
+Each step starts once the set-up's bulk writes (and step (a)'s reload, for step (b)) are older than
+the project's `source_lookback` (1 minute): the base models read the source rows that arrived that
+long before each run again, so a step run sooner would re-read the whole initial copy, which a
+steady-state run does not (the wait is logged). Between the steps the stream reads past the WAL
+dbt wrote (untimed), as the running stream would, so the slot does not hold tens of GB at scale 1000.
 
-For both it prints the wall-clock seconds, fact rows per second (rows built, or new rows, per
-second of the whole build), the incremental/full ratio against the goal (<= 20%: OK or MISSED),
-for the whole build and for fct_transactions alone, the path the fact took, and where the time
-goes: dbt's own start-up and wrap-up, then the nodes by phase (staging, dimensions, fact, marts,
-tests, ...) and the slowest nodes. Node times come from `run_results.json` and overlap (dbt runs
-several threads), so a phase's figure is the time its nodes ran, not a share of the wall clock.
-Figures only: nothing is asserted.
+After each step the result is checked against a full refresh on the same database: the fact (every
+column but `loaded_at`) and every table in `marts` are copied, `dbt run --full-refresh` rebuilds
+every model (untimed as a step), and the copies are compared with the rebuilt tables (a hash over
+each row, and on a mismatch the rows in one and not the other): "equal" or "DIFFERENT (n rows)".
 
-The database is never the user's warehouse database: an embedded server in
-`STATE_DIR/bench-transform-pg` (its own folder, so `make bench-ingest` cannot stop it midway;
-destroyed afterwards unless `--keep`), or, when WAREHOUSE_URL is set, a database
-`apparel_bench_transform` on that server (dropped afterwards unless `--keep`).
+It prints one table (scale, full build, steps (a) and (b) with their ratio to the full build, equal?),
+the goals (a step at the largest scale within 2x of the same step at the smallest scale, and within 5%
+of the full build at the largest scale), and per scale where the time goes: dbt's start-up and
+wrap-up, the nodes by phase, the slowest nodes. Node times come from `run_results.json` and overlap
+(dbt runs several threads), so a phase's figure is the time its nodes ran, not a share of the wall
+clock. At scale 100 (or the largest scale <= 100 run) it also times the reload of an `order_details.csv`
+with 1% of its lines' quantities changed, by our loader (a merge into the loaded table) against
+`psql \\copy` of the whole file into an empty table; `make bench-ingest` compares first loads.
+
+The builds run in this process through dbt's Python API (dbtRunner), as a long-lived worker runs
+dbt, so they leave out importing dbt, which every `dbt` command line pays: that is timed once and
+printed. Figures only: nothing is asserted.
+
+The databases are never the user's: an embedded server in `STATE_DIR/bench-transform-pg` (its own
+folder, so `make bench-ingest` cannot stop it midway; destroyed after each scale unless `--keep`),
+or, when WAREHOUSE_URL is set, databases `apparel_bench_transform` and `apparel_bench_transform_store`
+on that server (it needs `wal_level=logical`; dropped with their replication slot unless `--keep`).
 """
 
 from __future__ import annotations
@@ -39,50 +50,80 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from psycopg import sql
 
-from apparel.bench_ingest import bench_database, ensure_data
-from apparel.config import load_settings
+from apparel.bench_ingest import bench_database, checkpoint, ensure_data, run_copy
+from apparel.config import load_settings, with_database
 from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env, downstream_of_sources
 from apparel.loader import load_source
 from apparel.sources import SOURCES, get_source
+from apparel.transform import BUSINESS_MARTS, STREAMED_SOURCE
 
 # Not __name__: under `python -m` that is "__main__".
 log = logging.getLogger("apparel.bench_transform")
 
 BENCH_DATABASE = "apparel_bench_transform"
+STORE_DATABASE = "apparel_bench_transform_store"
+SLOT = PUBLICATION = "apparel_bench_transform"  # not the real stream's (apparel_cdc) on a shared server
+CHECK_SCHEMA = "bench_check"
+COPY_SCHEMA = "bench_copy"
+DEFAULT_SCALES = (10, 100, 1000)
 DEFAULT_SEED = 42
-NEW_ORDERS_SHARE = 0.01
-GOAL_RATIO = 0.20
+# Step (a): 1% of scale 10's 70,691 orders (seed 42), the same absolute change at every scale.
+NEW_ORDERS = 707
+# New extract ids start this far above the extracts' highest: the shop's sequences (seeded just
+# above them) hand the simulator's orders and lines the ids in between, so the two never collide.
+ID_GAP = 1_000_000
+# Step (b): a shop minute, the same at every scale (seeded simulator, per-order transactions).
+SHOP_RATE = 50.0  # orders per second
+SHOP_SECONDS = 10.0
+SHOP_SEED = 7
+# The reload comparison: this share of order_details' lines get a new quantity.
+CHANGED_LINES_SHARE = 0.01
+RELOAD_MAX_SCALE = 100
+# Goals, per step: at the largest scale within GOAL_GROWTH x of the smallest scale's,
+# and at most GOAL_SHARE of the full build.
+GOAL_GROWTH = 2.0
+GOAL_SHARE = 0.05
 FACT = "fct_transactions"
-
-
 TOP_NODES = 8
+HEARTBEAT_SECONDS = 60.0
+_INTERVAL = re.compile(r"^\s*(\d+)\s*(second|minute|hour)s?\s*$")
+_INTERVAL_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
 
 # Phases of a build, in DAG order; a node's phase comes from its type and what it builds or tests.
 PHASES = (
+    "seeds",
+    "staging base tables",
     "staging views",
     "snapshot",
     "dimensions",
-    "fact load log",
     FACT,
     "marts",
+    "business marts",
     "tests: staging",
-    "tests: dimensions and log",
+    "tests: dimensions and snapshot",
     f"tests: {FACT}",
     "tests: reconciliations",
     "tests: marts",
     "unit tests",
+    "other",
 )
 
 
@@ -97,9 +138,8 @@ class NodeTiming:
 class BuildTiming:
     seconds: float  # wall clock of the whole `dbt build` (dbt start-up included)
     dbt_elapsed: float  # dbt's own elapsed time for running the nodes (run_results.json)
-    fact_seconds: float  # fct_transactions' own execution time
+    fact_seconds: float  # fct_transactions' own execution time (0 when not selected)
     fact_rows: int  # rows the fact model wrote (INSERT / MERGE count)
-    fact_path: str  # how the fact was loaded: full refresh, append or compare (its load log)
     nodes: list[NodeTiming]
 
     def phase_seconds(self) -> dict[str, float]:
@@ -109,14 +149,70 @@ class BuildTiming:
         return totals
 
 
+@dataclass
+class Comparison:
+    """The incremental result against a full refresh: differing rows per table (0: equal)."""
+
+    differing: dict[str, int] = field(default_factory=dict)
+    refresh_seconds: float = 0.0
+
+    @property
+    def equal(self) -> bool:
+        return not any(self.differing.values())
+
+    def __str__(self) -> str:
+        if self.equal:
+            return "equal"
+        return f"DIFFERENT ({sum(self.differing.values()):,} rows)"
+
+    def details(self) -> str:
+        return ", ".join(f"{table} {n:,}" for table, n in self.differing.items() if n)
+
+
+@dataclass
+class Reload:
+    """Our loader's reload of a 1%-changed order_details.csv against `\\copy` of it into an empty table."""
+
+    rows: int
+    changed: int
+    updated: int
+    ours_seconds: float
+    copy_seconds: float
+
+
+@dataclass
+class ScaleResult:
+    scale: int
+    fact_rows: int
+    full: BuildTiming
+    step_a: BuildTiming
+    step_b: BuildTiming
+    check_a: Comparison
+    check_b: Comparison
+    select_a: list[str]
+    select_b: list[str]
+    new_lines: int
+    shop: str  # what the simulator wrote
+    reload: Reload | None = None
+
+
+# --- phases ----------------------------------------------------------------------------------------
+
+
 def _model_phase(name: str) -> str:
+    if name.startswith("base_"):
+        return "staging base tables"
     if name.startswith("stg_"):
         return "staging views"
     if name.startswith("dim_"):
         return "dimensions"
+    if name == FACT:
+        return FACT
+    if name in BUSINESS_MARTS:
+        return "business marts"
     if name.startswith("dm_"):
         return "marts"
-    return FACT if name == FACT else "fact load log"
+    return "other"
 
 
 def node_phase(unique_id: str, manifest_nodes: dict) -> str:
@@ -124,21 +220,29 @@ def node_phase(unique_id: str, manifest_nodes: dict) -> str:
     kind, _, name = unique_id.split(".")[:3]
     if kind == "model":
         return _model_phase(name)
-    if kind == "snapshot":
-        return "snapshot"
+    if kind in ("snapshot", "seed"):
+        return "snapshot" if kind == "snapshot" else "seeds"
     if kind == "unit_test":
         return "unit tests"
+    if kind != "test":
+        return "other"
     node = manifest_nodes.get(unique_id, {})
-    if not node.get("attached_node"):  # a singular test in tests/: the reconciliations
+    attached = node.get("attached_node")
+    if not attached:  # a singular test in tests/: the reconciliations
         return "tests: reconciliations"
-    tested = _model_phase(node["attached_node"].split(".")[-1])
-    if node["attached_node"].startswith("snapshot."):
-        tested = "snapshot"
+    if not attached.startswith("model."):
+        return "tests: dimensions and snapshot"
+    tested = _model_phase(attached.split(".")[-1])
     return {
+        "staging base tables": "tests: staging",
         "staging views": "tests: staging",
         FACT: f"tests: {FACT}",
         "marts": "tests: marts",
-    }.get(tested, "tests: dimensions and log")
+        "business marts": "tests: marts",
+    }.get(tested, "tests: dimensions and snapshot")
+
+
+# --- the extracts' changes -------------------------------------------------------------------------
 
 
 def _read_csv(path: Path) -> pa.Table:
@@ -148,24 +252,27 @@ def _read_csv(path: Path) -> pa.Table:
     )
 
 
-def _append_csv(path: Path, table: pa.Table) -> None:
-    with path.open("ab") as f:
-        pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+def _write_csv(path: Path, table: pa.Table, *, append: bool) -> None:
+    with path.open("ab" if append else "wb") as f:
+        pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=not append, quoting_style="none"))
 
 
-def add_new_orders(data_dir: Path, out_dir: Path, share: float = NEW_ORDERS_SHARE) -> tuple[int, int]:
-    """Copy the two fact extracts to `out_dir` with `share` more orders appended, each a copy of an
-    existing order (same customer, city, lines) under new order and line ids. Returns (orders, lines)."""
+def add_new_orders(
+    data_dir: Path, out_dir: Path, count: int = NEW_ORDERS, id_gap: int = ID_GAP
+) -> tuple[int, int]:
+    """Copy the two fact extracts to `out_dir` with `count` more orders appended, each a copy of one of
+    the last orders (same date, customer, city, lines) under new order and line ids, `id_gap` above
+    the highest. Returns (orders, lines) appended."""
     orders = _read_csv(data_dir / "orders.csv")
     details = _read_csv(data_dir / "order_details.csv")
-    n_new = max(1, round(orders.num_rows * share))
+    count = min(count, orders.num_rows)
 
-    templates = orders.slice(orders.num_rows - n_new)  # the last orders (December): a plausible month
-    order_offset = pc.max(orders["order_id"]).as_py() - pc.min(templates["order_id"]).as_py() + 1
+    templates = orders.slice(orders.num_rows - count)  # the last orders (December): a plausible month
+    order_offset = pc.max(orders["order_id"]).as_py() + id_gap - pc.min(templates["order_id"]).as_py()
     new_orders = templates.set_column(0, "order_id", pc.add(templates["order_id"], order_offset))
 
     lines = details.filter(pc.is_in(details["order_id"], value_set=templates["order_id"]))
-    first_line = pc.max(details["order_detail_id"]).as_py() + 1
+    first_line = pc.max(details["order_detail_id"]).as_py() + id_gap
     line_ids = pa.array(range(first_line, first_line + lines.num_rows), pa.int64())
     new_lines = lines.set_column(0, "order_detail_id", line_ids).set_column(
         1, "order_id", pc.add(lines["order_id"], order_offset)
@@ -174,25 +281,120 @@ def add_new_orders(data_dir: Path, out_dir: Path, share: float = NEW_ORDERS_SHAR
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, extra in (("orders.csv", new_orders), ("order_details.csv", new_lines)):
         shutil.copyfile(data_dir / name, out_dir / name)
-        _append_csv(out_dir / name, extra)
+        _write_csv(out_dir / name, extra, append=True)
     return new_orders.num_rows, new_lines.num_rows
 
 
-def load(url: str, data_dir: Path, names: list[str]) -> None:
+def change_quantities(data_dir: Path, out_dir: Path, share: float = CHANGED_LINES_SHARE) -> tuple[int, int]:
+    """`order_details.csv` of `data_dir` written to `out_dir` with every 1/share-th line's quantity
+    changed (and its amount with it). Returns (lines, lines changed)."""
+    details = _read_csv(data_dir / "order_details.csv")
+    step = max(1, round(1 / share))
+    changed = pa.array(np.arange(details.num_rows) % step == 0)
+    qty = details["qty"]
+    new_qty = pc.if_else(changed, pc.add(pc.remainder(qty, 9), 1), qty)  # 1..9, never the old value
+    names = details.column_names
+    details = details.set_column(names.index("qty"), "qty", new_qty)
+    details = details.set_column(
+        names.index("unit_sales"), "unit_sales", pc.multiply(new_qty, details["item_price"])
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(out_dir / "order_details.csv", details, append=False)
+    return details.num_rows, pc.sum(changed.cast(pa.int64())).as_py()
+
+
+def load(url: str, data_dir: Path, names: list[str]) -> dict[str, object]:
+    results = {}
     for name in names:
         started = time.perf_counter()
-        result = load_source(url, get_source(name), data_dir, force=True)
-        log.info("loaded %s: %d rows in %.1f s", name, result.rows, time.perf_counter() - started)
+        results[name] = result = load_source(url, get_source(name), data_dir, force=True)
+        log.info("loaded %s: %s rows in %.1f s", name, f"{result.rows:,}", time.perf_counter() - started)
+    return results
 
 
-def fact_load_path(url: str) -> str:
-    """How the last dbt run loaded the fact, from its load log (models/core/fct_transactions_loads.sql)."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            f"select load_path from core.{FACT}_loads where consumed_at is not null"
-            " order by loaded_at desc limit 1"
-        ).fetchone()
-    return row[0] if row else "?"
+# --- the shop --------------------------------------------------------------------------------------
+
+
+def _drop_store(admin_url: str) -> None:
+    """Drop the bench shop database and its replication slot (a slot pins its database)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            "select pg_terminate_backend(active_pid) from pg_replication_slots"
+            " where slot_name = %s and active_pid is not null",
+            (SLOT,),
+        )
+        for attempt in range(50):
+            try:
+                conn.execute(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                    " where slot_name = %s",
+                    (SLOT,),
+                )
+                break
+            except psycopg.errors.ObjectInUse:  # the walsender is still letting go of it
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(STORE_DATABASE))
+        )
+
+
+@contextmanager
+def bench_store(url: str, keep: bool) -> Iterator[str]:
+    """The URL of an empty shop database on the bench warehouse's server; dropped afterwards unless `keep`."""
+    admin_url = with_database(url, "postgres")
+    _drop_store(admin_url)
+    try:
+        yield with_database(url, STORE_DATABASE)
+    finally:
+        if not keep:
+            _drop_store(admin_url)
+
+
+def mirror(store_url: str, url: str) -> None:
+    from apparel.stream import run_stream
+
+    started = time.perf_counter()
+    stats = run_stream(store_url, url, slot=SLOT, publication=PUBLICATION, until_caught_up=True)
+    log.info(
+        "stream caught up in %.1f s (initial copy %s rows, %s changes applied)",
+        time.perf_counter() - started,
+        f"{stats.initial_rows:,}",
+        f"{stats.changes:,}",
+    )
+
+
+def release_wal(store_url: str, url: str) -> None:
+    """Let the stream read past the WAL written since it last ran, so the server can recycle it."""
+    log.info("stream: reading past the WAL written since (untimed)")
+    mirror(store_url, url)
+    checkpoint(url)
+
+
+def source_lookback() -> float:
+    """Seconds of the project's `source_lookback` var: the base models read the source rows that
+    arrived that long before each run again (macros/incremental.sql)."""
+    import yaml
+
+    value = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["source_lookback"]
+    match = _INTERVAL.match(str(value))
+    if not match:
+        raise SystemExit(f"cannot read source_lookback {value!r} in dbt_project.yml")
+    return int(match[1]) * _INTERVAL_SECONDS[match[2]]
+
+
+def outlast_lookback(last_write: float, lookback: float, before: str) -> None:
+    """Wait until the bulk source writes that ended at `last_write` (time.monotonic) are older than
+    the lookback, so the step re-reads only its own change, as a run does in steady state."""
+    wait = last_write + lookback + 1 - time.monotonic()
+    if wait > 0:
+        log.info("waiting %.0f s before %s: the source_lookback (%.0f s) would read the set-up's rows again",
+                 wait, before, lookback)  # fmt: skip
+        time.sleep(wait)
+
+
+# --- dbt -------------------------------------------------------------------------------------------
 
 
 def import_dbt() -> float:
@@ -203,13 +405,33 @@ def import_dbt() -> float:
     return time.perf_counter() - started
 
 
+@contextmanager
+def heartbeat(label: str) -> Iterator[None]:
+    """A progress line every HEARTBEAT_SECONDS while a long dbt command runs quietly."""
+    done = threading.Event()
+    started = time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_SECONDS):
+            log.info("  %s: still running, %.0f s", label, time.perf_counter() - started)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def in_process_dbt(args: list[str], url: str, target: Path) -> bool:
     """`dbt <args>` in this process (dbtRunner), connected and targeted as apparel.dbt_runner.run_dbt."""
     from dbt.cli.main import dbtRunner
 
     os.environ.update(dbt_env(load_settings(), url))
     os.environ["DBT_TARGET_PATH"] = str(target)
-    return dbtRunner().invoke([*args, "--project-dir", str(DBT_PROJECT_DIR)]).success
+    with heartbeat(f"dbt {' '.join(a for a in args if a != '--quiet')}"):
+        return dbtRunner().invoke([*args, "--project-dir", str(DBT_PROJECT_DIR)]).success
 
 
 def timed_build(url: str, target: Path, label: str, select: list[str] | None = None) -> BuildTiming:
@@ -222,90 +444,143 @@ def timed_build(url: str, target: Path, label: str, select: list[str] | None = N
     run_results = json.loads((target / "run_results.json").read_text())
     manifest_nodes = json.loads((target / "manifest.json").read_text())["nodes"]
     results = run_results["results"]
-    fact = next(r for r in results if r["unique_id"] == f"model.apparel.{FACT}")
-    nodes = [
-        NodeTiming(r["unique_id"], node_phase(r["unique_id"], manifest_nodes), r["execution_time"])
-        for r in results
-    ]
+    fact = next((r for r in results if r["unique_id"] == f"model.apparel.{FACT}"), None)
     timing = BuildTiming(
         seconds=seconds,
         dbt_elapsed=run_results["elapsed_time"],
-        fact_seconds=fact["execution_time"],
-        fact_rows=fact["adapter_response"].get("rows_affected", 0),
-        fact_path=fact_load_path(url),
-        nodes=nodes,
+        fact_seconds=fact["execution_time"] if fact else 0.0,
+        fact_rows=(fact["adapter_response"].get("rows_affected", 0) or 0) if fact else 0,
+        nodes=[
+            NodeTiming(r["unique_id"], node_phase(r["unique_id"], manifest_nodes), r["execution_time"])
+            for r in results
+        ],
     )
     log.info(
-        "dbt build (%s): %.1f s, %s %.1f s (%s)", label, seconds, FACT, timing.fact_seconds, timing.fact_path
+        "dbt build (%s): %.1f s, %d nodes, %s %.1f s (%s rows written)",
+        label,
+        seconds,
+        len(timing.nodes),
+        FACT,
+        timing.fact_seconds,
+        f"{timing.fact_rows:,}",
     )
     return timing
 
 
-def _node_label(unique_id: str) -> str:
-    kind, _, name = unique_id.split(".")[:3]
-    return f"{kind.replace('_', ' ')} {name}"
+# --- equal to a full refresh? ----------------------------------------------------------------------
 
 
-def render(
-    scale: int,
-    fact_rows: int,
-    new_lines: int,
-    full: BuildTiming,
-    incremental: BuildTiming,
-    select: list[str],
-    import_seconds: float,
-) -> str:
-    def verdict(ratio: float) -> str:
-        return f"{ratio:.0%} {'OK' if ratio <= GOAL_RATIO else 'MISSED'}"
-
-    def rate(rows: int, seconds: float) -> str:
-        return f"{rows / seconds:,.0f} rows/s" if seconds > 0 else "n/a"
-
-    whole = incremental.seconds / full.seconds
-    fact = incremental.fact_seconds / full.fact_seconds if full.fact_seconds else float("nan")
-    runs = (("full (from scratch)", full, fact_rows), ("incremental (+1%)", incremental, new_lines))
-    lines = [
-        f"dbt build at scale {scale}: {fact_rows:,} order lines, then {new_lines:,} new "
-        f"({NEW_ORDERS_SHARE:.0%} more orders)",
-        "",
-        f"{'':<22}{'dbt build':>11}{'fact rows/s':>16}{FACT:>20}{'rows written':>14}  fact load",
-    ]
-    lines += [
-        f"{label:<22}{run.seconds:>9.1f} s{rate(rows, run.seconds):>16}{run.fact_seconds:>18.1f} s"
-        f"{run.fact_rows:>14,}  {run.fact_path}"
-        for label, run, rows in runs
-    ]
-    lines += [
-        "",
-        f"incremental / full (goal <= {GOAL_RATIO:.0%}): "
-        f"whole build {verdict(whole)}, {FACT} {verdict(fact)}",
-        f"incremental step: dbt build --select {' '.join(select)} "
-        f"({len(incremental.nodes)} of {len(full.nodes)} nodes)",
-        f"with dbt's import added to both ({import_seconds:.1f} s, as two `dbt build` command lines): "
-        f"{incremental.seconds + import_seconds:.1f} s / {full.seconds + import_seconds:.1f} s = "
-        f"{(incremental.seconds + import_seconds) / (full.seconds + import_seconds):.0%}",
-        "",
-        "where the time goes (seconds; node times overlap, dbt runs several threads)",
-        f"{'':<34}{'full':>9}{'incremental':>13}",
-        f"{'dbt set-up and wrap-up':<34}{full.seconds - full.dbt_elapsed:>9.1f}"
-        f"{incremental.seconds - incremental.dbt_elapsed:>13.1f}   (wall clock outside node execution)",
-        f"{'node execution (wall clock)':<34}{full.dbt_elapsed:>9.1f}{incremental.dbt_elapsed:>13.1f}",
-    ]
-    full_phases, incremental_phases = full.phase_seconds(), incremental.phase_seconds()
-    counts = {phase: sum(node.phase == phase for node in full.nodes) for phase in PHASES}
-    lines += [
-        f"{f'  {phase} ({counts[phase]})':<34}{full_phases[phase]:>9.1f}{incremental_phases[phase]:>13.1f}"
-        for phase in PHASES
-        if counts[phase]
-    ]
-    for label, run in (("full", full), ("incremental", incremental)):
-        lines += ["", f"slowest nodes, {label} build:"]
-        slowest = sorted(run.nodes, key=lambda node: node.seconds, reverse=True)[:TOP_NODES]
-        lines += [f"{node.seconds:>8.2f} s  {_node_label(node.unique_id)}" for node in slowest]
-    return "\n".join(lines)
+def compared_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """The fact and every mart table, with their columns but `loaded_at` (each build's own time)."""
+    rows = conn.execute(
+        "select c.table_schema || '.' || c.table_name,"
+        " array_agg(c.column_name::text order by c.ordinal_position)"
+        " from information_schema.columns c join information_schema.tables t"
+        "   on t.table_schema = c.table_schema and t.table_name = c.table_name"
+        " where t.table_type = 'BASE TABLE' and c.column_name <> 'loaded_at'"
+        "   and ((c.table_schema = 'core' and c.table_name = %s) or c.table_schema = 'marts')"
+        " group by 1 order by 1",
+        (FACT,),
+    ).fetchall()
+    return dict(rows)
 
 
-def run_benchmark(scale: int, seed: int, keep: bool) -> str:
+def _relation(qualified: str) -> sql.Identifier:
+    return sql.Identifier(*qualified.split("."))
+
+
+def _copy_name(qualified: str) -> sql.Identifier:
+    return sql.Identifier(CHECK_SCHEMA, qualified.replace(".", "__"))
+
+
+def _fingerprint(conn: psycopg.Connection, relation: sql.Composable, columns: list[str]) -> tuple:
+    """Row count and an order-independent hash of the rows (the sum of each row's 64-bit hash)."""
+    row = sql.SQL("row({})::text").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+    return conn.execute(
+        sql.SQL("select count(*), coalesce(sum(hashtextextended({}, 0)::numeric), 0) from {}").format(
+            row, relation
+        )
+    ).fetchone()
+
+
+def compare_with_full_refresh(url: str, target: Path) -> Comparison:
+    """Copy the fact and the marts as the incremental runs left them, rebuild every model from scratch
+    (`dbt run --full-refresh`, on the same database), and count the rows that differ per table."""
+    comparison = Comparison()
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = compared_tables(conn)
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(CHECK_SCHEMA)))
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(CHECK_SCHEMA)))
+        for table, columns in tables.items():
+            conn.execute(
+                sql.SQL("create unlogged table {} as select {} from {}").format(
+                    _copy_name(table), sql.SQL(", ").join(map(sql.Identifier, columns)), _relation(table)
+                )
+            )
+    log.info("full refresh to compare with (%d tables copied)...", len(tables))
+    started = time.perf_counter()
+    if not in_process_dbt(["--quiet", "run", "--full-refresh"], url, target):
+        raise SystemExit("dbt run --full-refresh failed")
+    comparison.refresh_seconds = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        rebuilt = compared_tables(conn)
+        for table, columns in tables.items():
+            if rebuilt.get(table) != columns:
+                comparison.differing[table] = -1  # columns changed: cannot compare
+                continue
+            copy, fresh = _copy_name(table), _relation(table)
+            if _fingerprint(conn, copy, columns) == _fingerprint(conn, fresh, columns):
+                comparison.differing[table] = 0
+                continue
+            listed = sql.SQL(", ").join(map(sql.Identifier, columns))
+            comparison.differing[table] = conn.execute(
+                sql.SQL(
+                    "select count(*) from ((select {c} from {a} except all select {c} from {b})"
+                    " union all (select {c} from {b} except all select {c} from {a})) d"
+                ).format(c=listed, a=copy, b=fresh)
+            ).fetchone()[0]
+        for table in rebuilt.keys() - tables.keys():
+            comparison.differing[table] = -1  # a table only the full refresh made
+        conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(CHECK_SCHEMA)))
+    comparison.differing = {t: abs(n) for t, n in comparison.differing.items()}
+    log.info(
+        "full refresh in %.1f s; incremental result %s%s",
+        comparison.refresh_seconds,
+        comparison,
+        f": {comparison.details()}" if not comparison.equal else "",
+    )
+    return comparison
+
+
+# --- the reload comparison -------------------------------------------------------------------------
+
+
+def time_reload(url: str, data_dir: Path, tmp_dir: Path) -> Reload:
+    """Our loader's reload of `order_details.csv` with 1% of the quantities changed (a merge into the
+    loaded raw table) against one `psql \\copy` of the whole file into an empty table."""
+    changed_dir = tmp_dir / "changed"
+    rows, changed = change_quantities(data_dir, changed_dir)
+    source = get_source("order_details")
+    checkpoint(url)
+    log.info("reload of order_details.csv with %s of %s quantities changed: our loader", f"{changed:,}",
+             f"{rows:,}")  # fmt: skip
+    started = time.perf_counter()
+    result = load_source(url, source, changed_dir, force=True)
+    ours = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(COPY_SCHEMA)))
+    checkpoint(url)
+    log.info("the same file: psql \\copy into an empty table")
+    copy = run_copy(url, source, changed_dir / source.file, source.column_names, schema=COPY_SCHEMA)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(COPY_SCHEMA)))
+    return Reload(rows, changed, result.updated, ours, copy)
+
+
+# --- one scale -------------------------------------------------------------------------------------
+
+
+def run_scale(scale: int, seed: int, keep: bool, reload: bool) -> ScaleResult:
     settings = load_settings()
     data_dir = ensure_data(scale, seed)
     with (
@@ -313,40 +588,221 @@ def run_benchmark(scale: int, seed: int, keep: bool) -> str:
         bench_database(
             settings, keep, folder="bench-transform-pg", database=BENCH_DATABASE, schemas=()
         ) as url,
+        bench_store(url, keep) as store_url,
     ):
+        from apparel.simulate import run_simulator
+        from apparel.store import ensure_store
+
         tmp_dir = Path(tmp)
         target = tmp_dir / "dbt-target"
+        log.info("scale %d: loading the extracts", scale)
         load(url, data_dir, [s.name for s in SOURCES])
-        import_seconds = import_dbt()
-        log.info("imported dbt in %.1f s", import_seconds)
-        # Parse once, untimed, so both timed builds start from the same (partially parsed) state.
+        log.info("scale %d: seeding the shop from the same extracts", scale)
+        started = time.perf_counter()
+        seeded = ensure_store(store_url, data_dir)
+        log.info("seeded the shop: %s rows in %.1f s", f"{seeded:,}", time.perf_counter() - started)
+        mirror(store_url, url)
+        last_write = time.monotonic()
+        # Parse once, untimed, so every timed build starts from the same (partially parsed) state.
         if not in_process_dbt(["--quiet", "parse"], url, target):
             raise SystemExit("dbt parse failed")
-        full = timed_build(url, target, "from scratch")
+        checkpoint(url)
+        full = timed_build(url, target, f"scale {scale}, from scratch")
+        # The slot holds the WAL of every write on the server until the stream has read past it (tens
+        # of GB of dbt's writes at scale 1000): let the stream move it on between the steps, untimed.
+        release_wal(store_url, url)
 
+        # Step (a): the extracts.
+        lookback = source_lookback()
+        outlast_lookback(last_write, lookback, "step (a)")
         later = tmp_dir / "later"
         new_orders, new_lines = add_new_orders(data_dir, later)
-        log.info("appended %d orders with %d lines", new_orders, new_lines)
+        log.info("step (a): appended %d orders with %d lines; reloading", new_orders, new_lines)
         reloaded = ["orders", "order_details"]
         load(url, later, reloaded)
-        select = downstream_of_sources(reloaded)
-        incremental = timed_build(url, target, "incremental", select)
+        last_write = time.monotonic()
+        select_a = downstream_of_sources(reloaded)
+        checkpoint(url)
+        step_a = timed_build(url, target, f"scale {scale}, step (a)", select_a)
+        check_a = compare_with_full_refresh(url, target)
+        release_wal(store_url, url)
+
+        # Step (b): a shop minute through the stream.
+        outlast_lookback(last_write, lookback, "step (b)")
+        log.info(
+            "step (b): the shop at %.0f orders/s for %.0f s (seed %d)", SHOP_RATE, SHOP_SECONDS, SHOP_SEED
+        )
+        stats = run_simulator(
+            store_url, SHOP_RATE, SHOP_SECONDS, seed=SHOP_SEED, dataset_dir=data_dir, transactions="order"
+        )
+        shop = stats.summary()
+        log.info("shop: %s", shop)
+        mirror(store_url, url)
+        select_b = [f"source:{STREAMED_SOURCE}+"]
+        checkpoint(url)
+        step_b = timed_build(url, target, f"scale {scale}, step (b)", select_b)
+        check_b = compare_with_full_refresh(url, target)
 
         with psycopg.connect(url) as conn:
             fact_rows = conn.execute(f"select count(*) from core.{FACT}").fetchone()[0]
-    return render(scale, fact_rows - new_lines, new_lines, full, incremental, select, import_seconds)
+        reload_result = time_reload(url, later, tmp_dir) if reload else None
+    return ScaleResult(
+        scale=scale,
+        fact_rows=fact_rows,
+        full=full,
+        step_a=step_a,
+        step_b=step_b,
+        check_a=check_a,
+        check_b=check_b,
+        select_a=select_a,
+        select_b=select_b,
+        new_lines=new_lines,
+        shop=shop,
+        reload=reload_result,
+    )
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def _node_label(unique_id: str) -> str:
+    kind, _, name = unique_id.split(".")[:3]
+    return f"{kind.replace('_', ' ')} {name}"
+
+
+def render_table(results: list[ScaleResult]) -> list[str]:
+    header = (
+        f"{'scale':>6}{'fact rows':>13}{'full build':>12}{'step (a)':>10}{'(a)/full':>10}"
+        f"{'step (b)':>10}{'(b)/full':>10}  equal? (a) / (b)"
+    )
+    lines = [header]
+    for r in results:
+        lines.append(
+            f"{r.scale:>6}{r.full.fact_rows:>13,}{r.full.seconds:>10.1f} s{r.step_a.seconds:>8.1f} s"
+            f"{r.step_a.seconds / r.full.seconds:>10.1%}{r.step_b.seconds:>8.1f} s"
+            f"{r.step_b.seconds / r.full.seconds:>10.1%}  {r.check_a} / {r.check_b}"
+        )
+    return lines
+
+
+def render_goals(results: list[ScaleResult]) -> list[str]:
+    small, large = min(results, key=lambda r: r.scale), max(results, key=lambda r: r.scale)
+    lines = []
+    for step, get in (("(a)", lambda r: r.step_a), ("(b)", lambda r: r.step_b)):
+        big = get(large).seconds
+        if large is small:
+            growth = f"n/a (one scale run; the goal compares scale {large.scale} with a smaller one)"
+        else:
+            ratio = big / get(small).seconds
+            verdict = "OK" if ratio <= GOAL_GROWTH else "MISSED"
+            growth = (
+                f"{verdict}: {big:.1f} s at scale {large.scale} = {ratio:.2f}x its "
+                f"{get(small).seconds:.1f} s at scale {small.scale} (goal <= {GOAL_GROWTH:.0f}x)"
+            )
+        share = big / large.full.seconds
+        verdict = "OK" if share <= GOAL_SHARE else "MISSED"
+        lines += [
+            f"step {step} growth: {growth}",
+            f"step {step} share:  {verdict}: {big:.1f} s = {share:.1%} of the full build's "
+            f"{large.full.seconds:.1f} s at scale {large.scale} (goal <= {GOAL_SHARE:.0%})",
+        ]
+    return lines
+
+
+def render_where(r: ScaleResult) -> list[str]:
+    runs = (("full", r.full), ("(a)", r.step_a), ("(b)", r.step_b))
+    lines = [
+        f"scale {r.scale}: where the time goes (seconds; node times overlap, dbt runs several threads)",
+        f"  step (a): {r.new_lines:,} new lines, dbt build --select {' '.join(r.select_a)}",
+        f"  step (b): shop {r.shop}; dbt build --select {' '.join(r.select_b)}",
+        f"  full refreshes for the checks (untimed as steps): {r.check_a.refresh_seconds:.1f} s, "
+        f"{r.check_b.refresh_seconds:.1f} s",
+        f"{'':<40}" + "".join(f"{label:>10}" for label, _ in runs),
+        f"{'  nodes run':<40}" + "".join(f"{len(run.nodes):>10}" for _, run in runs),
+        f"{'  dbt set-up and wrap-up':<40}"
+        + "".join(f"{run.seconds - run.dbt_elapsed:>10.1f}" for _, run in runs),
+        f"{'  node execution (wall clock)':<40}" + "".join(f"{run.dbt_elapsed:>10.1f}" for _, run in runs),
+    ]
+    phases = [run.phase_seconds() for _, run in runs]
+    counts = {phase: sum(node.phase == phase for node in r.full.nodes) for phase in PHASES}
+    lines += [
+        f"{f'    {phase} ({counts[phase]})':<40}" + "".join(f"{p[phase]:>10.1f}" for p in phases)
+        for phase in PHASES
+        if counts[phase]
+    ]
+    lines.append(f"{f'  {FACT} rows written':<40}" + "".join(f"{run.fact_rows:>10,}" for _, run in runs))
+    for label, run in runs:
+        lines.append(f"  slowest nodes, {label}:")
+        slowest = sorted(run.nodes, key=lambda node: node.seconds, reverse=True)[:TOP_NODES]
+        lines += [f"  {node.seconds:>8.2f} s  {_node_label(node.unique_id)}" for node in slowest]
+    for label, check in (("(a)", r.check_a), ("(b)", r.check_b)):
+        if not check.equal:
+            lines.append(f"  step {label} differs from a full refresh: {check.details()}")
+    return lines
+
+
+def render_reload(scale: int, reload: Reload) -> list[str]:
+    return [
+        f"reload at scale {scale}: order_details.csv, {reload.rows:,} lines, {reload.changed:,} quantities "
+        f"changed ({CHANGED_LINES_SHARE:.0%})",
+        f"  our loader (merge into the loaded table, {reload.updated:,} rows updated):"
+        f" {reload.ours_seconds:.1f} s",
+        f"  psql \\copy of the whole file into an empty table (+ primary key): {reload.copy_seconds:.1f} s",
+        f"  ours / \\copy: {reload.ours_seconds / reload.copy_seconds:.2f}x the time",
+        "  first loads against \\copy and pandas.to_sql: make bench-ingest SCALE=N",
+    ]
+
+
+def render(results: list[ScaleResult], import_seconds: float) -> str:
+    lines = [
+        f"dbt build from scratch, then step (a): {NEW_ORDERS} new orders in the extracts, and step (b): "
+        f"the shop at {SHOP_RATE:.0f} orders/s for {SHOP_SECONDS:.0f} s (seed {SHOP_SEED}) through the "
+        "stream; the same change at every scale",
+        "",
+        *render_table(results),
+        "",
+        *render_goals(results),
+        f"(dbt in-process; importing dbt took {import_seconds:.1f} s, which each `dbt` command line adds)",
+    ]
+    for r in results:
+        lines += ["", *render_where(r)]
+    for r in results:
+        if r.reload:
+            lines += ["", *render_reload(r.scale, r.reload)]
+    return "\n".join(lines)
+
+
+def run_benchmark(scales: list[int], seed: int, keep: bool) -> str:
+    import_seconds = import_dbt()
+    log.info("imported dbt in %.1f s", import_seconds)
+    reload_scale = max((s for s in scales if s <= RELOAD_MAX_SCALE), default=None)
+    results = []
+    for scale in scales:
+        started = time.perf_counter()
+        results.append(run_scale(scale, seed, keep, reload=scale == reload_scale))
+        log.info("scale %d done in %.1f min", scale, (time.perf_counter() - started) / 60)
+        print("\n".join(render_table(results[-1:])), flush=True)
+    return render(results, import_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_transform", description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=10, help="generator scale (default 10)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--keep", action="store_true", help="keep the bench database afterwards")
+    parser.add_argument(
+        "--scales",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SCALES),
+        help="generator scales, each run in turn (default 10 100 1000)",
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (default 42)")
+    parser.add_argument("--keep", action="store_true", help="keep the bench databases / server afterwards")
     args = parser.parse_args(argv)
+    if any(s < 1 for s in args.scales):
+        parser.error("scales must be >= 1")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
-    print(run_benchmark(args.scale, args.seed, args.keep))
+    print(run_benchmark(sorted(set(args.scales)), args.seed, args.keep), flush=True)
     return 0
 
 
