@@ -238,7 +238,7 @@ def _copy_and_merge(
     extra_columns = [c for c in copy_columns if c not in source.column_names]
 
     with conn.transaction():
-        loaded_at = merge.lock_table(conn, source)
+        merge.lock_table(conn, source)
         # Checked under the lock: a load that waited finds the table the one before it created.
         first_load = not _exists(conn, source.qualified_table)
         # The first load COPYs straight into the new raw table; a later one into a temporary table
@@ -250,6 +250,7 @@ def _copy_and_merge(
         for column in extra_columns:
             conn.execute(sql.SQL("alter table {} drop column {}").format(staging, sql.Identifier(column)))
         _add_primary_key(conn, source, extract, staging, f"{staging_name}_pkey")
+        loaded_at = merge.change_time(conn)
         if first_load:
             merge.finish_first_load(conn, source, batch_id, loaded_at)
             counts = MergeCounts(inserted=rows)

@@ -69,14 +69,9 @@ def load_lock_key(source: Source) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def lock_table(conn: psycopg.Connection, source: Source) -> datetime:
-    """Wait (at most `LOAD_LOCK_TIMEOUT_SECONDS`) for loads of the same table; returns the load's time.
-
-    Call it first in the load's transaction. The time is taken once the lock is held, not the
-    transaction's `now()`: a load that waited would have taken that before the load it waited for
-    committed, so its rows would carry an earlier `_loaded_at` than rows already visible, and a
-    model reading `_loaded_at > watermark` would skip them.
-    """
+def lock_table(conn: psycopg.Connection, source: Source) -> None:
+    """Wait (at most `LOAD_LOCK_TIMEOUT_SECONDS`) for loads of the same table. Call it first in the
+    load's transaction."""
     timeout_ms = max(1, round(LOAD_LOCK_TIMEOUT_SECONDS * 1000))
     conn.execute(sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{timeout_ms}ms")))
     try:
@@ -86,6 +81,17 @@ def lock_table(conn: psycopg.Connection, source: Source) -> datetime:
             f"{source.qualified_table}: another load of this table is running; gave up waiting for it"
             f" after {LOAD_LOCK_TIMEOUT_SECONDS:g} s (LOAD_LOCK_TIMEOUT_SECONDS); try again when it is done"
         ) from None
+
+
+def change_time(conn: psycopg.Connection) -> datetime:
+    """The `_loaded_at` of the rows a load writes: the clock when the COPY is done and the merge starts.
+
+    Not the transaction's `now()`, taken before the lock and the COPY: rows carrying a time long
+    before their commit can fall behind a watermark that a reader (dbt's base models) took while the
+    load ran; the base models read `source_lookback` (1 minute) back, which covers a merge, not a
+    whole COPY of a large extract. Taken under the lock, it is also later than anything the load
+    before it wrote.
+    """
     return conn.execute("select clock_timestamp()").fetchone()[0]
 
 
