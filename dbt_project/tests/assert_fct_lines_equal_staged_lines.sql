@@ -7,27 +7,27 @@
 with
 
 recent_lines as (
-    select order_detail_id from {{ ref('base_order_details') }}
-    where loaded_at >= now() - interval '2 days'
+    select written_lines.order_detail_id from {{ ref('base_order_details') }} as written_lines
+    where written_lines.loaded_at >= now() - interval '2 days'
     union
-    select transaction_id from {{ ref('fct_transactions') }}
-    where loaded_at >= now() - interval '2 days'
+    select facts_written.transaction_id from {{ ref('fct_transactions') }} as facts_written
+    where facts_written.loaded_at >= now() - interval '2 days'
     union
-    select order_detail_id from {{ ref('base_order_details') }}
-    where order_id in (
-        select order_id from {{ ref('base_orders') }}
-        where loaded_at >= now() - interval '2 days'
+    select lines_of_orders.order_detail_id from {{ ref('base_order_details') }} as lines_of_orders
+    where lines_of_orders.order_id in (
+        select written_orders.order_id from {{ ref('base_orders') }} as written_orders
+        where written_orders.loaded_at >= now() - interval '2 days'
     )
 ),
 
 staged as (
     select * from {{ sold_order_lines() }} as sold
-    where order_detail_id in (select order_detail_id from recent_lines)
+    where order_detail_id in (select recent_lines.order_detail_id from recent_lines)
 ),
 
 facts as (
     select * from {{ ref('fct_transactions') }}
-    where transaction_id in (select order_detail_id from recent_lines)
+    where transaction_id in (select recent_lines.order_detail_id from recent_lines)
 ),
 
 final as (
