@@ -43,8 +43,8 @@ def read_extracts(dataset: Path) -> dict[str, pd.DataFrame]:
 
 
 # Each dimension's unknown member: a line whose customer, city or product is missing points here.
-UNKNOWN_CUSTOMER = {"customer_id": -1, "first_name": "Unknown", "last_name": "Unknown", "full_name": "Unknown",
-                    "gender": "Unknown"}  # fmt: skip
+UNKNOWN_CUSTOMER = {"customer_id": -1, "first_name": "Unknown", "last_name": "Unknown",
+                    "full_name": "Unknown", "gender": "Unknown"}  # fmt: skip
 UNKNOWN_CITY = {"city_id": -1, "city_name": "UNKNOWN", "city_type": "UNKNOWN", "province_id": -1,
                 "province_name": "UNKNOWN"}  # fmt: skip
 UNKNOWN_PRODUCT = {"product_id": -1, "product_name": "Unknown", "product_type": "Unknown", "size": "Unknown",
