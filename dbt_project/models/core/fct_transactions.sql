@@ -28,14 +28,16 @@
             delete from {{ this }}
             where transaction_id in (
                 select order_detail_id from {{ ref('base_order_details') }}
-                where is_deleted and loaded_at > {{ high_water_mark() }}
+                where is_deleted and {{ written_after('loaded_at', high_water_mark()) }}
             )
             {% endif %}",
             "{% if is_incremental() %}
             delete from {{ this }}
             where order_id in (
                 select order_id from {{ ref('base_orders') }}
-                where (is_deleted or order_status = 'cancelled') and loaded_at > {{ high_water_mark() }}
+                where
+                    (is_deleted or order_status = 'cancelled')
+                    and {{ written_after('loaded_at', high_water_mark()) }}
             )
             {% endif %}",
         ],
@@ -65,34 +67,36 @@ product_versions as (
 ),
 
 {% if is_incremental() %}
-    -- The lines whose inputs changed. Each branch reads its models through their indexes (not
-    -- through the import CTEs above: PostgreSQL materializes a CTE read twice, in full).
+    -- The lines whose inputs changed. Each branch reads its models through their indexes: not
+    -- through the import CTEs above (PostgreSQL materializes a CTE read twice, in full), and with
+    -- `= any(array(...))`, which makes PostgreSQL look each id up in an index, however many rows it
+    -- guesses a high-water mark lets through (see written_after in macros/incremental.sql).
     changed_lines as (
         -- the line itself
         select order_detail_id from {{ ref('stg_order_details') }}
-        where loaded_at > {{ high_water_mark() }}
+        where {{ written_after('loaded_at', high_water_mark()) }}
 
         union
 
         -- its order header, the order's customer (appeared, changed or gone) or city
         select lines_of_orders.order_detail_id
         from {{ ref('stg_order_details') }} as lines_of_orders
-        where lines_of_orders.order_id in (
-            select order_id from {{ ref('stg_orders') }}
-            where loaded_at > {{ high_water_mark() }}
+        where lines_of_orders.order_id = any(array(
+            select changed_orders.order_id from {{ ref('stg_orders') }} as changed_orders
+            where {{ written_after('changed_orders.loaded_at', high_water_mark()) }}
             union
             select orders_of_customers.order_id from {{ ref('stg_orders') }} as orders_of_customers
-            where orders_of_customers.customer_id in (
-                select customer_id from {{ ref('base_customers') }}
-                where loaded_at > {{ high_water_mark() }}
-            )
+            where orders_of_customers.customer_id = any(array(
+                select changed_customers.customer_id from {{ ref('base_customers') }} as changed_customers
+                where {{ written_after('changed_customers.loaded_at', high_water_mark()) }}
+            ))
             union
             select orders_in_cities.order_id from {{ ref('stg_orders') }} as orders_in_cities
-            where orders_in_cities.city_id in (
-                select city_id from {{ ref('dim_locations') }}
-                where loaded_at > {{ high_water_mark() }}
-            )
-        )
+            where orders_in_cities.city_id = any(array(
+                select changed_cities.city_id from {{ ref('dim_locations') }} as changed_cities
+                where {{ written_after('changed_cities.loaded_at', high_water_mark()) }}
+            ))
+        ))
 
         union
 
@@ -105,14 +109,27 @@ product_versions as (
             on
                 lines_of_products.product_id = new_versions.product_id
                 and orders_of_products.order_date >= new_versions.valid_from
-        where new_versions.loaded_at > {{ high_water_mark() }}
+        where
+            {{ written_after('new_versions.loaded_at', high_water_mark()) }}
+            and lines_of_products.product_id = any(array(
+                select changed_products.product_id from {{ ref('dim_products') }} as changed_products
+                where {{ written_after('changed_products.loaded_at', high_water_mark()) }}
+            ))
     ),
 {% endif %}
 
 lines_to_build as (
     select * from order_lines
     {% if is_incremental() %}
-        where order_detail_id in (select order_detail_id from changed_lines)
+        where order_detail_id = any(array(select changed_lines.order_detail_id from changed_lines))
+    {% endif %}
+),
+
+orders_of_lines as (
+    select * from orders
+    {% if is_incremental() %}
+        -- only the headers of those lines, each looked up by its key
+        where order_id = any(array(select lines_to_build.order_id from lines_to_build))
     {% endif %}
 ),
 
@@ -129,7 +146,7 @@ joined as (
         lines_to_build.unit_price,
         lines_to_build.amount
     from lines_to_build
-    left join orders
+    left join orders_of_lines as orders
         on lines_to_build.order_id = orders.order_id
     left join customers
         on orders.customer_id = customers.customer_id

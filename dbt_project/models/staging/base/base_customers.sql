@@ -40,10 +40,10 @@ shop_customers as (
     -- the arrival time, not through the import CTEs above, which are each read once)
     changed_ids as (
         select customer_id from {{ source('raw', 'customers') }}
-        where _loaded_at > {{ source_high_water_mark() }}
+        where {{ written_after('_loaded_at', source_high_water_mark()) }}
         union
         select id from {{ source('raw_store', 'shop_customer') }}
-        where _synced_at > {{ source_high_water_mark() }}
+        where {{ written_after('_synced_at', source_high_water_mark()) }}
     ),
 {% endif %}
 
@@ -59,7 +59,9 @@ extract_versions as (
         _loaded_at as source_loaded_at
     from extract_customers
     {% if is_incremental() %}
-        where customer_id in (select customer_id from changed_ids)
+        -- any(array(...)): PostgreSQL looks each id up in the key's index, however many
+        -- rows it guesses the mark lets through (see written_after in macros/incremental.sql)
+        where customer_id = any(array(select customer_id from changed_ids))
     {% endif %}
 ),
 
@@ -75,7 +77,7 @@ shop_versions as (
         _synced_at as source_loaded_at
     from shop_customers
     {% if is_incremental() %}
-        where id in (select customer_id from changed_ids)
+        where id = any(array(select customer_id from changed_ids))
     {% endif %}
 ),
 

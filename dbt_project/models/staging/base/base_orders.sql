@@ -41,10 +41,10 @@ shop_orders as (
     -- the arrival time, not through the import CTEs above, which are each read once)
     changed_ids as (
         select order_id from {{ source('raw', 'orders') }}
-        where _loaded_at > {{ source_high_water_mark() }}
+        where {{ written_after('_loaded_at', source_high_water_mark()) }}
         union
         select id from {{ source('raw_store', 'shop_order') }}
-        where _synced_at > {{ source_high_water_mark() }}
+        where {{ written_after('_synced_at', source_high_water_mark()) }}
     ),
 {% endif %}
 
@@ -63,7 +63,9 @@ extract_versions as (
         _loaded_at as source_loaded_at
     from extract_orders
     {% if is_incremental() %}
-        where order_id in (select order_id from changed_ids)
+        -- any(array(...)): PostgreSQL looks each id up in the key's index, however many
+        -- rows it guesses the mark lets through (see written_after in macros/incremental.sql)
+        where order_id = any(array(select order_id from changed_ids))
     {% endif %}
 ),
 
@@ -82,7 +84,7 @@ shop_versions as (
         _synced_at as source_loaded_at
     from shop_orders
     {% if is_incremental() %}
-        where id in (select order_id from changed_ids)
+        where id = any(array(select order_id from changed_ids))
     {% endif %}
 ),
 
