@@ -17,8 +17,9 @@
 Each step starts once the set-up's bulk writes (and step (a)'s reload, for step (b)) are older than
 the project's `source_lookback` (1 minute): the base models read the source rows that arrived that
 long before each run again, so a step run sooner would re-read the whole initial copy, which a
-steady-state run does not (the wait is logged). Between the steps the stream reads past the WAL
-dbt wrote (untimed), as the running stream would, so the slot does not hold tens of GB at scale 1000.
+steady-state run does not (the wait is logged). During the full build and the full refreshes the
+stream runs in a thread, as it runs beside dbt in production, reading the WAL dbt writes (it has no
+shop changes to apply then); without it the slot would hold 40 GB and more of WAL at scale 1000.
 
 After each step the result is checked against a full refresh on the same database: the fact (every
 column but `loaded_at`) and every table in `marts` are copied, `dbt run --full-refresh` rebuilds
@@ -365,6 +366,33 @@ def mirror(store_url: str, url: str) -> None:
     )
 
 
+@contextmanager
+def streaming(store_url: str, url: str) -> Iterator[None]:
+    """The stream running in a thread meanwhile, as it runs beside dbt in production: it reads the
+    WAL dbt writes as it goes, so the slot does not hold it (40 GB and more during a full build at
+    scale 1000). No shop changes are pending when it runs: it applies nothing."""
+    from apparel.stream import run_stream
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_stream(store_url, url, slot=SLOT, publication=PUBLICATION, stop_event=stop)
+        except BaseException as e:  # reported in the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run, name="bench-stream", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def release_wal(store_url: str, url: str) -> None:
     """Let the stream read past the WAL written since it last ran, so the server can recycle it."""
     log.info("stream: reading past the WAL written since (untimed)")
@@ -503,7 +531,7 @@ def _fingerprint(conn: psycopg.Connection, relation: sql.Composable, columns: li
     ).fetchone()
 
 
-def compare_with_full_refresh(url: str, target: Path) -> Comparison:
+def compare_with_full_refresh(url: str, store_url: str, target: Path) -> Comparison:
     """Copy the fact and the marts as the incremental runs left them, rebuild every model from scratch
     (`dbt run --full-refresh`, on the same database), and count the rows that differ per table."""
     comparison = Comparison()
@@ -519,7 +547,9 @@ def compare_with_full_refresh(url: str, target: Path) -> Comparison:
             )
     log.info("full refresh to compare with (%d tables copied)...", len(tables))
     started = time.perf_counter()
-    if not in_process_dbt(["--quiet", "run", "--full-refresh"], url, target):
+    with streaming(store_url, url):
+        ok = in_process_dbt(["--quiet", "run", "--full-refresh"], url, target)
+    if not ok:
         raise SystemExit("dbt run --full-refresh failed")
     comparison.refresh_seconds = time.perf_counter() - started
     with psycopg.connect(url, autocommit=True) as conn:
@@ -607,7 +637,8 @@ def run_scale(scale: int, seed: int, keep: bool, reload: bool) -> ScaleResult:
         if not in_process_dbt(["--quiet", "parse"], url, target):
             raise SystemExit("dbt parse failed")
         checkpoint(url)
-        full = timed_build(url, target, f"scale {scale}, from scratch")
+        with streaming(store_url, url):
+            full = timed_build(url, target, f"scale {scale}, from scratch")
         # The slot holds the WAL of every write on the server until the stream has read past it (tens
         # of GB of dbt's writes at scale 1000): let the stream move it on between the steps, untimed.
         release_wal(store_url, url)
@@ -624,7 +655,7 @@ def run_scale(scale: int, seed: int, keep: bool, reload: bool) -> ScaleResult:
         select_a = downstream_of_sources(reloaded)
         checkpoint(url)
         step_a = timed_build(url, target, f"scale {scale}, step (a)", select_a)
-        check_a = compare_with_full_refresh(url, target)
+        check_a = compare_with_full_refresh(url, store_url, target)
         release_wal(store_url, url)
 
         # Step (b): a shop minute through the stream.
@@ -641,7 +672,7 @@ def run_scale(scale: int, seed: int, keep: bool, reload: bool) -> ScaleResult:
         select_b = [f"source:{STREAMED_SOURCE}+"]
         checkpoint(url)
         step_b = timed_build(url, target, f"scale {scale}, step (b)", select_b)
-        check_b = compare_with_full_refresh(url, target)
+        check_b = compare_with_full_refresh(url, store_url, target)
 
         with psycopg.connect(url) as conn:
             fact_rows = conn.execute(f"select count(*) from core.{FACT}").fetchone()[0]
@@ -781,7 +812,7 @@ def run_benchmark(scales: list[int], seed: int, keep: bool) -> str:
         started = time.perf_counter()
         results.append(run_scale(scale, seed, keep, reload=scale == reload_scale))
         log.info("scale %d done in %.1f min", scale, (time.perf_counter() - started) / 60)
-        print("\n".join(render_table(results[-1:])), flush=True)
+        print("\n".join(["", *render_table(results[-1:]), "", *render_where(results[-1])]), flush=True)
     return render(results, import_seconds)
 
 
