@@ -4,18 +4,15 @@
 #}
 
 {#
-    The arrival time (in raw) after which a base model reads its sources again: the newest
-    arrival it holds, but never later than `source_lookback` before now. A writer's rows carry
-    the time its transaction started, so a load still running while dbt ran shows up later with
-    an earlier time; the lookback reads those again (a version already stored is not rewritten).
+    The arrival time (in raw) after which a base model reads its sources again: when its last run
+    that wrote a row started (loaded_at), less `source_lookback`. Every row that had arrived by then
+    was read by that run, except the rows of a load or stream transaction still open at the time:
+    they carry the time their transaction wrote them, and the lookback reads them again (a version
+    already stored is not rewritten).
 #}
 {% macro source_high_water_mark() -%}
     (
-        select
-            least(
-                coalesce(max(source_loaded_at), '-infinity'),
-                now() - cast({{ "'" ~ var('source_lookback') ~ "'" }} as interval)
-            )
+        select coalesce(max(loaded_at), '-infinity') - cast({{ "'" ~ var('source_lookback') ~ "'" }} as interval)
         from {{ this }}
     )
 {%- endmacro %}

@@ -10,7 +10,7 @@
     the lines of a customer who appeared, changed or went.
 
     Incremental: only ids that either side changed since the last run are resolved again, and a
-    winner already stored as it is (same side, same arrival) is not rewritten.
+    version already stored (same side, same change time) is not rewritten.
 #}
 {{
     config(
@@ -20,7 +20,6 @@
         indexes=[
             {'columns': ['customer_id'], 'unique': True},
             {'columns': ['loaded_at']},
-            {'columns': ['source_loaded_at']},
         ],
     )
 }}
@@ -55,8 +54,7 @@ extract_versions as (
         gender,
         _deleted_at is not null as is_deleted,
         'extract' as source_name,
-        _loaded_at as changed_at,
-        _loaded_at as source_loaded_at
+        _loaded_at as changed_at
     from extract_customers
     {% if is_incremental() %}
         -- any(array(...)): PostgreSQL looks each id up in the key's index, however many
@@ -73,8 +71,7 @@ shop_versions as (
         gender,
         _deleted_at is not null as is_deleted,
         'shop' as source_name,
-        coalesce(_store_committed_at, updated_at) as changed_at,
-        _synced_at as source_loaded_at
+        coalesce(_store_committed_at, updated_at) as changed_at
     from shop_customers
     {% if is_incremental() %}
         where id = any(array(select customer_id from changed_ids))
@@ -96,7 +93,8 @@ final as (
             where
                 stored.customer_id = latest_versions.customer_id
                 and stored.source_name = latest_versions.source_name
-                and stored.source_loaded_at = latest_versions.source_loaded_at
+                and stored.changed_at = latest_versions.changed_at
+                and stored.is_deleted = latest_versions.is_deleted
         )
     {% endif %}
 )

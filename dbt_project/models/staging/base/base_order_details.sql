@@ -9,7 +9,7 @@
     keeps deleted lines here; stg_order_details leaves them out, fct_transactions removes them.
 
     Incremental: only ids that either side changed since the last run are resolved again, and a
-    winner already stored as it is (same side, same arrival) is not rewritten.
+    version already stored (same side, same change time) is not rewritten.
 #}
 {{
     config(
@@ -21,7 +21,6 @@
             {'columns': ['order_id']},
             {'columns': ['product_id']},
             {'columns': ['loaded_at']},
-            {'columns': ['source_loaded_at']},
         ],
     )
 }}
@@ -59,8 +58,7 @@ extract_versions as (
         unit_sales as amount,
         _deleted_at is not null as is_deleted,
         'extract' as source_name,
-        _loaded_at as changed_at,
-        _loaded_at as source_loaded_at
+        _loaded_at as changed_at
     from extract_lines
     {% if is_incremental() %}
         -- any(array(...)): PostgreSQL looks each id up in the key's index, however many
@@ -79,8 +77,7 @@ shop_versions as (
         amount,
         _deleted_at is not null as is_deleted,
         'shop' as source_name,
-        coalesce(_store_committed_at, updated_at) as changed_at,
-        _synced_at as source_loaded_at
+        coalesce(_store_committed_at, updated_at) as changed_at
     from shop_lines
     {% if is_incremental() %}
         where id = any(array(select order_detail_id from changed_ids))
@@ -102,7 +99,8 @@ final as (
             where
                 stored.order_detail_id = latest_versions.order_detail_id
                 and stored.source_name = latest_versions.source_name
-                and stored.source_loaded_at = latest_versions.source_loaded_at
+                and stored.changed_at = latest_versions.changed_at
+                and stored.is_deleted = latest_versions.is_deleted
         )
     {% endif %}
 )

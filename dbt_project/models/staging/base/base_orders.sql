@@ -9,7 +9,7 @@
     keeps deleted orders here; stg_orders leaves them out, fct_transactions removes their lines.
 
     Incremental: only ids that either side changed since the last run are resolved again, and a
-    winner already stored as it is (same side, same arrival) is not rewritten.
+    version already stored (same side, same change time) is not rewritten.
 #}
 {{
     config(
@@ -21,7 +21,6 @@
             {'columns': ['customer_id']},
             {'columns': ['city_id']},
             {'columns': ['loaded_at']},
-            {'columns': ['source_loaded_at']},
         ],
     )
 }}
@@ -59,8 +58,7 @@ extract_versions as (
         'delivered' as order_status,
         _deleted_at is not null as is_deleted,
         'extract' as source_name,
-        _loaded_at as changed_at,
-        _loaded_at as source_loaded_at
+        _loaded_at as changed_at
     from extract_orders
     {% if is_incremental() %}
         -- any(array(...)): PostgreSQL looks each id up in the key's index, however many
@@ -80,8 +78,7 @@ shop_versions as (
         lower(trim(status)) as order_status,
         _deleted_at is not null as is_deleted,
         'shop' as source_name,
-        coalesce(_store_committed_at, updated_at) as changed_at,
-        _synced_at as source_loaded_at
+        coalesce(_store_committed_at, updated_at) as changed_at
     from shop_orders
     {% if is_incremental() %}
         where id = any(array(select order_id from changed_ids))
@@ -103,7 +100,8 @@ final as (
             where
                 stored.order_id = latest_versions.order_id
                 and stored.source_name = latest_versions.source_name
-                and stored.source_loaded_at = latest_versions.source_loaded_at
+                and stored.changed_at = latest_versions.changed_at
+                and stored.is_deleted = latest_versions.is_deleted
         )
     {% endif %}
 )
