@@ -26,19 +26,19 @@
         pre_hook=[
             "{% if is_incremental() %}
             delete from {{ this }}
-            where transaction_id in (
+            where transaction_id = any(array(
                 select order_detail_id from {{ ref('base_order_details') }}
                 where is_deleted and {{ written_after('loaded_at', high_water_mark()) }}
-            )
+            ))
             {% endif %}",
             "{% if is_incremental() %}
             delete from {{ this }}
-            where order_id in (
+            where order_id = any(array(
                 select order_id from {{ ref('base_orders') }}
                 where
                     (is_deleted or order_status = 'cancelled')
                     and {{ written_after('loaded_at', high_water_mark()) }}
-            )
+            ))
             {% endif %}",
         ],
     )
