@@ -52,12 +52,13 @@ airflow-init: venv
 	@$(BIN)/apparel airflow db migrate > $(STATE_DIR)/logs/airflow-db-migrate.log 2>&1 \
 		|| (tail -20 $(STATE_DIR)/logs/airflow-db-migrate.log; exit 1)
 
-run: db-up airflow-init manifest ## the pipeline: the shop's store, Airflow ingests the 7 extracts, the stream catches up, dbt (Cosmos) builds the model
+run: db-up airflow-init manifest ## the pipeline: the shop's store, Airflow ingests the 7 extracts, the stream catches up, dbt (Cosmos) builds the model and the business marts
 	@$(BIN)/apparel store init
 	@$(BIN)/apparel dags-test ingest_dataset
 	@$(BIN)/apparel report
 	@$(BIN)/apparel stream --until-caught-up
 	@$(BIN)/apparel dags-test transform
+	@$(BIN)/apparel dags-test business_marts
 	@$(BIN)/apparel marts
 	@echo "connect: psql $$($(BIN)/apparel db url)"
 

@@ -5,26 +5,34 @@
 
 0. set-up (untimed): the extracts loaded by our loader, a shop database seeded from the same folder
    (`apparel.store.ensure_store`) and mirrored into `raw_store` by the CDC stream (until caught up);
-1. the full build: `dbt build` from scratch (every seed, model, snapshot and test);
+1. the full build: `dbt build --exclude tag:whole_history` from scratch, what `transform` builds
+   (every seed, model, snapshot and test but the business marts); then, timed apart, the business
+   marts as the `business_marts` DAG builds them after each `transform` (`--select tag:whole_history`):
+   they rank, pair and group the whole history, so their time is not a step's;
 2. step (a), extracts: NEW_ORDERS new orders with their lines (1% of scale 10's orders, the SAME
    absolute change at every scale) appended to copies of `orders.csv` and `order_details.csv`, both
    reloaded by the loader (which merges by key: only the new rows are written), then the timed
-   `dbt build --select source:raw.orders+ source:raw.order_details+` (tests included);
+   `dbt build --select source:raw.orders+ source:raw.order_details+` (tests included; each step
+   excludes the business marts, as `transform` does);
 3. step (b), a shop minute: the simulator writes SHOP_RATE orders/s for SHOP_SECONDS s into the shop
    (seeded: the same orders, status changes, cancellations, line deletes and new customers at every
    scale), the stream catches up, then the timed `dbt build --select source:raw_store+`.
 
-Each step starts once the set-up's bulk writes (and step (a)'s reload, for step (b)) are older than
-the project's `source_lookback` (1 minute): the base models read the source rows that arrived that
-long before each run again, so a step run sooner would re-read the whole initial copy, which a
-steady-state run does not (the wait is logged). During the full build and the full refreshes the
+The full build and each step start once the set-up's bulk writes (and step (a)'s reload, for step
+(b)) are older than the project's `source_lookback` (1 minute): the base models read the source rows
+that arrived that long before each run again, so a build run sooner would leave the whole initial
+copy for the next step to read again, once, which a steady-state run does not (the wait is logged).
+A step's tests read the rows written since the last build from scratch (the project's
+`test_window`, 2 days in production, set to that time): a run two days after the weekly full
+refresh tests the rows of the last two days, not the whole history, and a step right after a build
+from scratch would otherwise test every row. During the full build and the full refreshes the
 stream runs in a thread, as it runs beside dbt in production, reading the WAL dbt writes (it has no
 shop changes to apply then); without it the slot would hold 40 GB and more of WAL at scale 1000.
 
 After each step the result is checked against a full refresh on the same database: the fact (every
-column but `loaded_at`) and every table in `marts` are copied, `dbt run --full-refresh` rebuilds
-every model (untimed as a step), and the copies are compared with the rebuilt tables (a hash over
-each row, and on a mismatch the rows in one and not the other): "equal" or "DIFFERENT (n rows)".
+column but `loaded_at`) and the brief's marts are copied, `dbt run --full-refresh` rebuilds every
+model `transform` builds (untimed as a step), and the copies are compared with the rebuilt tables (a
+hash over each row, and on a mismatch the rows in one and not the other): "equal" or "DIFFERENT (n rows)".
 
 It prints one table (scale, full build, steps (a) and (b) with their ratio to the full build, equal?),
 the goals (a step at the largest scale within 2x of the same step at the smallest scale, and within 5%
@@ -60,6 +68,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from math import ceil
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +83,8 @@ from apparel.config import load_settings, with_database
 from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env, downstream_of_sources
 from apparel.loader import load_source
 from apparel.sources import SOURCES, get_source
-from apparel.transform import BUSINESS_MARTS, STREAMED_SOURCE
+from apparel.stream import drop_slot
+from apparel.transform import BUSINESS_MARTS, STREAMED_SOURCE, WHOLE_HISTORY_TAG
 
 # Not __name__: under `python -m` that is "__main__".
 log = logging.getLogger("apparel.bench_transform")
@@ -103,6 +113,9 @@ RELOAD_MAX_SCALE = 100
 GOAL_GROWTH = 2.0
 GOAL_SHARE = 0.05
 FACT = "fct_transactions"
+# What `transform` builds: everything but the business marts, which `business_marts` rebuilds from the
+# whole history after it (timed apart, once per scale).
+TRANSFORM_EXCLUDE = [f"tag:{WHOLE_HISTORY_TAG}"]
 TOP_NODES = 8
 HEARTBEAT_SECONDS = 60.0
 _INTERVAL = re.compile(r"^\s*(\d+)\s*(second|minute|hour)s?\s*$")
@@ -186,6 +199,7 @@ class ScaleResult:
     scale: int
     fact_rows: int
     full: BuildTiming
+    business: BuildTiming  # the business marts, rebuilt after the full build (not in the steps)
     step_a: BuildTiming
     step_b: BuildTiming
     check_a: Comparison
@@ -318,24 +332,8 @@ def load(url: str, data_dir: Path, names: list[str]) -> dict[str, object]:
 
 def _drop_store(admin_url: str) -> None:
     """Drop the bench shop database and its replication slot (a slot pins its database)."""
+    drop_slot(admin_url, SLOT)
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            "select pg_terminate_backend(active_pid) from pg_replication_slots"
-            " where slot_name = %s and active_pid is not null",
-            (SLOT,),
-        )
-        for attempt in range(50):
-            try:
-                conn.execute(
-                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-                    " where slot_name = %s",
-                    (SLOT,),
-                )
-                break
-            except psycopg.errors.ObjectInUse:  # the walsender is still letting go of it
-                if attempt == 49:
-                    raise
-                time.sleep(0.1)
         conn.execute(
             sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(STORE_DATABASE))
         )
@@ -462,10 +460,27 @@ def in_process_dbt(args: list[str], url: str, target: Path) -> bool:
         return dbtRunner().invoke([*args, "--project-dir", str(DBT_PROJECT_DIR)]).success
 
 
-def timed_build(url: str, target: Path, label: str, select: list[str] | None = None) -> BuildTiming:
-    log.info("dbt build (%s)%s...", label, f" --select {' '.join(select)}" if select else "")
+def timed_build(
+    url: str,
+    target: Path,
+    label: str,
+    select: list[str] | None = None,
+    exclude: list[str] | None = None,
+    test_window: float | None = None,
+) -> BuildTiming:
+    """`dbt build` of `select` but `exclude`; with `test_window`, the tests read the rows written in
+    that many seconds (the project's var, 2 days by default)."""
+    args = [
+        "--quiet",
+        "build",
+        *(["--select", *select] if select else []),
+        *(["--exclude", *exclude] if exclude else []),
+    ]
+    if test_window is not None:
+        args += ["--vars", json.dumps({"test_window": f"{ceil(test_window)} seconds"})]
+    log.info("dbt %s (%s)...", " ".join(args[1:]), label)
     started = time.perf_counter()
-    ok = in_process_dbt(["--quiet", "build", *(["--select", *select] if select else [])], url, target)
+    ok = in_process_dbt(args, url, target)
     seconds = time.perf_counter() - started
     if not ok:
         raise SystemExit(f"dbt build ({label}) failed")
@@ -499,16 +514,18 @@ def timed_build(url: str, target: Path, label: str, select: list[str] | None = N
 
 
 def compared_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
-    """The fact and every mart table, with their columns but `loaded_at` (each build's own time)."""
+    """The fact and every mart table `transform` builds, with their columns but `loaded_at` (each
+    build's own time)."""
     rows = conn.execute(
         "select c.table_schema || '.' || c.table_name,"
         " array_agg(c.column_name::text order by c.ordinal_position)"
         " from information_schema.columns c join information_schema.tables t"
         "   on t.table_schema = c.table_schema and t.table_name = c.table_name"
         " where t.table_type = 'BASE TABLE' and c.column_name <> 'loaded_at'"
-        "   and ((c.table_schema = 'core' and c.table_name = %s) or c.table_schema = 'marts')"
+        "   and ((c.table_schema = 'core' and c.table_name = %s)"
+        "        or (c.table_schema = 'marts' and c.table_name <> all(%s)))"
         " group by 1 order by 1",
-        (FACT,),
+        (FACT, list(BUSINESS_MARTS)),
     ).fetchall()
     return dict(rows)
 
@@ -532,8 +549,9 @@ def _fingerprint(conn: psycopg.Connection, relation: sql.Composable, columns: li
 
 
 def compare_with_full_refresh(url: str, store_url: str, target: Path) -> Comparison:
-    """Copy the fact and the marts as the incremental runs left them, rebuild every model from scratch
-    (`dbt run --full-refresh`, on the same database), and count the rows that differ per table."""
+    """Copy the fact and the marts as the incremental runs left them, rebuild every model `transform`
+    builds from scratch (`dbt run --full-refresh`, on the same database), and count the rows that
+    differ per table."""
     comparison = Comparison()
     with psycopg.connect(url, autocommit=True) as conn:
         tables = compared_tables(conn)
@@ -548,7 +566,9 @@ def compare_with_full_refresh(url: str, store_url: str, target: Path) -> Compari
     log.info("full refresh to compare with (%d tables copied)...", len(tables))
     started = time.perf_counter()
     with streaming(store_url, url):
-        ok = in_process_dbt(["--quiet", "run", "--full-refresh"], url, target)
+        ok = in_process_dbt(
+            ["--quiet", "run", "--full-refresh", "--exclude", *TRANSFORM_EXCLUDE], url, target
+        )
     if not ok:
         raise SystemExit("dbt run --full-refresh failed")
     comparison.refresh_seconds = time.perf_counter() - started
@@ -636,15 +656,20 @@ def run_scale(scale: int, seed: int, keep: bool, reload: bool) -> ScaleResult:
         # Parse once, untimed, so every timed build starts from the same (partially parsed) state.
         if not in_process_dbt(["--quiet", "parse"], url, target):
             raise SystemExit("dbt parse failed")
+        lookback = source_lookback()
+        outlast_lookback(last_write, lookback, "the full build")
         checkpoint(url)
         with streaming(store_url, url):
-            full = timed_build(url, target, f"scale {scale}, from scratch")
+            full = timed_build(url, target, f"scale {scale}, from scratch", exclude=TRANSFORM_EXCLUDE)
+            rebuilt = time.monotonic()  # every row of the steps' models written from scratch until then
+            business = timed_build(
+                url, target, f"scale {scale}, business marts", select=[f"tag:{WHOLE_HISTORY_TAG}"]
+            )
         # The slot holds the WAL of every write on the server until the stream has read past it (tens
         # of GB of dbt's writes at scale 1000): let the stream move it on between the steps, untimed.
         release_wal(store_url, url)
 
         # Step (a): the extracts.
-        lookback = source_lookback()
         outlast_lookback(last_write, lookback, "step (a)")
         later = tmp_dir / "later"
         new_orders, new_lines = add_new_orders(data_dir, later)
@@ -654,8 +679,11 @@ def run_scale(scale: int, seed: int, keep: bool, reload: bool) -> ScaleResult:
         last_write = time.monotonic()
         select_a = downstream_of_sources(reloaded)
         checkpoint(url)
-        step_a = timed_build(url, target, f"scale {scale}, step (a)", select_a)
+        step_a = timed_build(
+            url, target, f"scale {scale}, step (a)", select_a, TRANSFORM_EXCLUDE, time.monotonic() - rebuilt
+        )
         check_a = compare_with_full_refresh(url, store_url, target)
+        rebuilt = time.monotonic()
         release_wal(store_url, url)
 
         # Step (b): a shop minute through the stream.
@@ -671,7 +699,9 @@ def run_scale(scale: int, seed: int, keep: bool, reload: bool) -> ScaleResult:
         mirror(store_url, url)
         select_b = [f"source:{STREAMED_SOURCE}+"]
         checkpoint(url)
-        step_b = timed_build(url, target, f"scale {scale}, step (b)", select_b)
+        step_b = timed_build(
+            url, target, f"scale {scale}, step (b)", select_b, TRANSFORM_EXCLUDE, time.monotonic() - rebuilt
+        )
         check_b = compare_with_full_refresh(url, store_url, target)
 
         with psycopg.connect(url) as conn:
@@ -681,6 +711,7 @@ def run_scale(scale: int, seed: int, keep: bool, reload: bool) -> ScaleResult:
         scale=scale,
         fact_rows=fact_rows,
         full=full,
+        business=business,
         step_a=step_a,
         step_b=step_b,
         check_a=check_a,
@@ -704,14 +735,15 @@ def _node_label(unique_id: str) -> str:
 def render_table(results: list[ScaleResult]) -> list[str]:
     header = (
         f"{'scale':>6}{'fact rows':>13}{'full build':>12}{'step (a)':>10}{'(a)/full':>10}"
-        f"{'step (b)':>10}{'(b)/full':>10}  equal? (a) / (b)"
+        f"{'step (b)':>10}{'(b)/full':>10}  equal? (a) / (b){'business marts':>17}"
     )
     lines = [header]
     for r in results:
         lines.append(
             f"{r.scale:>6}{r.full.fact_rows:>13,}{r.full.seconds:>10.1f} s{r.step_a.seconds:>8.1f} s"
             f"{r.step_a.seconds / r.full.seconds:>10.1%}{r.step_b.seconds:>8.1f} s"
-            f"{r.step_b.seconds / r.full.seconds:>10.1%}  {r.check_a} / {r.check_b}"
+            f"{r.step_b.seconds / r.full.seconds:>10.1%}  {str(r.check_a) + ' / ' + str(r.check_b):<16}"
+            f"{r.business.seconds:>15.1f} s"
         )
     return lines
 
@@ -744,8 +776,14 @@ def render_where(r: ScaleResult) -> list[str]:
     runs = (("full", r.full), ("(a)", r.step_a), ("(b)", r.step_b))
     lines = [
         f"scale {r.scale}: where the time goes (seconds; node times overlap, dbt runs several threads)",
-        f"  step (a): {r.new_lines:,} new lines, dbt build --select {' '.join(r.select_a)}",
-        f"  step (b): shop {r.shop}; dbt build --select {' '.join(r.select_b)}",
+        f"  full build: dbt build --exclude {' '.join(TRANSFORM_EXCLUDE)} (what transform builds)",
+        f"  step (a): {r.new_lines:,} new lines, dbt build --select {' '.join(r.select_a)}"
+        f" --exclude {' '.join(TRANSFORM_EXCLUDE)}",
+        f"  step (b): shop {r.shop}; dbt build --select {' '.join(r.select_b)}"
+        f" --exclude {' '.join(TRANSFORM_EXCLUDE)}",
+        "  the steps' tests read the rows written since the last build from scratch (test_window)",
+        f"  business marts after the full build (the business_marts DAG, whole history):"
+        f" {r.business.seconds:.1f} s",
         f"  full refreshes for the checks (untimed as steps): {r.check_a.refresh_seconds:.1f} s, "
         f"{r.check_b.refresh_seconds:.1f} s",
         f"{'':<40}" + "".join(f"{label:>10}" for label, _ in runs),

@@ -1176,6 +1176,29 @@ class StreamStatus:
         return []
 
 
+def drop_slot(admin_url: str, slot: str) -> None:
+    """Drop the replication slot `slot` if it exists (an abandoned slot pins its database and keeps
+    its WAL): end the walsender still holding it, and retry while the walsender lets go of it."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            "select pg_terminate_backend(active_pid) from pg_replication_slots"
+            " where slot_name = %s and active_pid is not null",
+            (slot,),
+        )
+        for attempt in range(50):
+            try:
+                conn.execute(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                    " where slot_name = %s",
+                    (slot,),
+                )
+                return
+            except psycopg.errors.ObjectInUse:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+
+
 def configured_status(settings, slot: str | None = None) -> StreamStatus:
     """`stream_status` of the configured store and warehouse: slot STREAM_SLOT (unless given) and
     the threshold STREAM_WAL_WARN_MB (what `apparel stream status` and the stack's health check ask)."""

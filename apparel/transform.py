@@ -1,15 +1,17 @@
 """The dbt DAGs' parts: Cosmos configuration for the dbt project, and the marts as assets.
 
-`transform` builds and tests the whole project when the extracts change; `fresh_marts` rebuilds
-every minute only the tables downstream of the shop's streamed tables (raw_store). Cosmos reads
-the manifest that `make manifest` (`dbt parse`) writes, so parsing a DAG file never runs dbt or
-touches the database.
+`transform` builds and tests the project when the extracts change, incrementally: the models that
+follow what changed (staging, core, the brief's two marts). `business_marts` then rebuilds the
+business marts, which rank, pair and group the whole history, once `transform` has updated the
+fact. `fresh_marts` rebuilds every minute the tables downstream of the shop's streamed tables
+(raw_store). Cosmos reads the manifest that `make manifest` (`dbt parse`) writes, so parsing a DAG
+file never runs dbt or touches the database.
 
-The two must not build the same models at the same time. Both run their dbt tasks in the Airflow
+The DAGs must not build the same models at the same time. Their dbt tasks run in the Airflow
 pool `dbt_warehouse` (created by `apparel.stack prepare`, i.e. `make up`; `airflow dags test`
-ignores pools): a transform task takes one of its slots, a fresh_marts task takes all of them. So
-the daily transform keeps its parallelism, and a fresh_marts task runs only when no dbt task of
-either DAG runs, and the other way round.
+ignores pools): a transform or business_marts task takes one of its slots, a fresh_marts task
+takes all of them. So the daily builds keep their parallelism, and a fresh_marts task runs only
+when no other dbt task runs, and the other way round.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from apparel.store import MIRROR_SCHEMA, STORE_TABLES
 
 # The brief's marts, kept fresh every minute by `fresh_marts` too.
 FRESH_MARTS = ("dm_revenue_by_months", "dm_perfomance_product_by_cities")
-# The business marts recompute from the whole history: `transform` only (tag in dbt_project.yml).
+# The business marts recompute from the whole history: `business_marts` only (tag in dbt_project.yml).
 WHOLE_HISTORY_TAG = "whole_history"
 BUSINESS_MARTS = ("dm_customer_segments", "dm_cohort_retention", "dm_product_affinity", "dm_market_reach")
 MARTS = FRESH_MARTS + BUSINESS_MARTS
@@ -42,16 +44,19 @@ def marts_assets(marts: tuple[str, ...]) -> list[Asset]:
     return [Asset(name=f"marts.{m}", uri=f"postgres://warehouse/marts/{m}") for m in marts]
 
 
-MARTS_ASSETS = marts_assets(MARTS)
 FRESH_MARTS_ASSETS = marts_assets(FRESH_MARTS)
+BUSINESS_MARTS_ASSETS = marts_assets(BUSINESS_MARTS)
+# The fact: `transform` updates it once every model and test passed; `business_marts` follows it.
+FACT_ASSET = Asset(name="core.fct_transactions", uri="postgres://warehouse/core/fct_transactions")
 
 
 def manifest_path() -> Path:
     return load_settings().state_dir / "dbt" / "target" / "manifest.json"
 
 
-def cosmos_configs() -> dict:
-    """ProjectConfig, ProfileConfig, ExecutionConfig and RenderConfig for DbtTaskGroup/DbtDag."""
+def cosmos_configs(select: list[str] | None = None, exclude: list[str] | None = None) -> dict:
+    """ProjectConfig, ProfileConfig, ExecutionConfig and RenderConfig for DbtTaskGroup/DbtDag: the
+    models `select` picks (all by default) but those `exclude` names, each tested after it runs."""
     from cosmos import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
     from cosmos.constants import ExecutionMode, LoadMode, TestBehavior
 
@@ -75,7 +80,8 @@ def cosmos_configs() -> dict:
         "render_config": RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             test_behavior=TestBehavior.AFTER_EACH,
-            exclude=NOT_RENDERED,
+            select=select or [],
+            exclude=[*(exclude or []), *NOT_RENDERED],
             # Tests that read two models (relationships, reconciliations) get their own task after both;
             # otherwise Cosmos runs them with one parent, possibly before the other model exists.
             should_detach_multiple_parents_tests=True,
@@ -99,7 +105,7 @@ def fresh_marts_configs() -> dict:
     The staging views stay in, although replacing a view changes nothing: Cosmos links a model only
     to rendered parents, and without them dim_customers would not wait for base_customers. The
     business marts are left out: they
-    recompute from the whole history (tag `whole_history`): `transform` builds them. Tests are left
+    recompute from the whole history (tag `whole_history`): `business_marts` builds them. Tests are left
     to the daily `transform`: the fresh path rebuilds, it does not re-check. dbt runs inside the task's own
     process (dbtRunner), which saves a Python start and dbt's imports per model.
     """

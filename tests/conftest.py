@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,27 +92,6 @@ def isolated_environment() -> dict[str, str]:
     the settings a test gives them."""
     names = {*example_settings(), "ENV_FILE"}
     return {k: v for k, v in os.environ.items() if k not in names and not k.startswith(SETTING_PREFIXES)}
-
-
-def drop_replication_slot(admin_url: str, slot: str) -> None:
-    """Drop a stream's replication slot (it pins its database): end its walsender if one is left,
-    and retry while the walsender is still letting go of it."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            "select pg_terminate_backend(active_pid) from pg_replication_slots"
-            " where slot_name = %s and active_pid is not null",
-            (slot,),
-        )
-        for _ in range(50):
-            try:
-                conn.execute(
-                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-                    " where slot_name = %s",
-                    (slot,),
-                )
-                return
-            except psycopg.errors.ObjectInUse:
-                time.sleep(0.1)
 
 
 def query(url: str, sql: str, params: tuple | dict | None = None) -> list[tuple]:

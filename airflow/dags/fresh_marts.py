@@ -2,8 +2,8 @@
 
 The CDC stream (`apparel stream`) mirrors the shop's tables into raw_store within a second; this
 DAG rebuilds only the tables downstream of them (the dimensions that read them, the incremental
-`fct_transactions` and the brief's two marts; the business marts, which recompute from the whole
-history, are left to `transform`), so an order placed in the shop reaches the marts within two
+`fct_transactions` and the brief's two marts, all incremental; the business marts, which
+recompute from the whole history, are left to `business_marts`), so an order placed in the shop reaches the marts within two
 minutes. Tests stay in the daily `transform`; this DAG also checks the stream's freshness. It and
 `transform` share a pool so they never build the same models at once (see apparel.transform).
 """

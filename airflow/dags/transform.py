@@ -1,12 +1,13 @@
-"""Build the dbt Kimball model (staging, core, marts) through Cosmos when raw data changes.
+"""Build the dbt Kimball model (staging, core, the brief's marts) through Cosmos when raw data changes.
 
 Scheduled on the raw layer's asset, which `ingest_dataset` updates once its
 loads are done and at least one raw table changed. Each dbt model is a task
-group (run, then its tests); the marts are published as assets for dashboards
-and downstream DAGs.
+group (run, then its tests); the fact and the marts are published as assets
+for dashboards and downstream DAGs (`business_marts` follows the fact).
 
-The incremental models (the base models under staging, the fact) build only
-what changed. Trigger with `{"full_refresh": true}` to rebuild them from
+The incremental models (the base models under staging, the fact, the brief's
+two marts) build only what changed; the business marts, which recompute the
+whole history, are left to `business_marts` (tag `whole_history`). Trigger with `{"full_refresh": true}` to rebuild them from
 scratch; `transform_full_refresh` does so every week, so that a mistake in an
 incremental run cannot outlive the week.
 """
@@ -19,12 +20,12 @@ from airflow.sdk import Param, dag, task
 from cosmos import DbtTaskGroup
 
 from apparel.ingest import RAW_LAYER
-from apparel.transform import MARTS_ASSETS, cosmos_configs
+from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, WHOLE_HISTORY_TAG, cosmos_configs
 
 
 @dag(
     dag_id="transform",
-    description="dbt: staging ▸ core (dims, fact) ▸ marts, via Cosmos",
+    description="dbt: staging ▸ core (dims, fact) ▸ the brief's marts, incremental, via Cosmos",
     # The raw layer, updated by ingest_dataset once all its loads are done and a table changed
     # (a new orders.csv alone is enough); see apparel.ingest.RAW_LAYER.
     schedule=[RAW_LAYER],
@@ -40,14 +41,14 @@ from apparel.transform import MARTS_ASSETS, cosmos_configs
     },
 )
 def transform() -> None:
-    configs = cosmos_configs()
+    configs = cosmos_configs(exclude=[f"tag:{WHOLE_HISTORY_TAG}"])
     # Cosmos renders the template per task: dbt run/build/seed get --full-refresh when the param is set.
     configs["operator_args"] = {**configs["operator_args"], "full_refresh": "{{ params.full_refresh }}"}
     dbt = DbtTaskGroup(group_id="dbt", **configs)
 
-    @task(outlets=MARTS_ASSETS)
+    @task(outlets=[FACT_ASSET, *FRESH_MARTS_ASSETS])
     def publish_marts() -> None:
-        """Marks the marts as updated (asset events) once every model and test has passed."""
+        """Marks the fact and the marts as updated (asset events) once every model and test has passed."""
 
     dbt >> publish_marts()
 

@@ -53,3 +53,19 @@
 {% macro written_after(column, mark) -%}
     {{ column }} > {{ mark }} and {{ column }} <= now()
 {%- endmacro %}
+
+
+{#
+    The ids of the orders whose lines left the fact since the model's high-water mark: a line
+    deleted (from an extract or in the shop), or the order deleted or cancelled. The base models
+    keep such orders and lines, so a mart finds in them the months and cities that lost sales.
+#}
+{% macro orders_with_removed_lines() -%}
+    select order_id from {{ ref('base_order_details') }}
+    where is_deleted and {{ written_after('loaded_at', high_water_mark()) }}
+    union
+    select order_id from {{ ref('base_orders') }}
+    where
+        (is_deleted or order_status = 'cancelled')
+        and {{ written_after('loaded_at', high_water_mark()) }}
+{%- endmacro %}

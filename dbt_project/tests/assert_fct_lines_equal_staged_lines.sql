@@ -1,35 +1,42 @@
 -- Reconciliation: the fact holds exactly the staged order lines that are sales (all but those of
 -- cancelled orders), with their amounts, no more, no fewer.
--- Read over what was written in the last two days (the window of the other tests on the fact,
+-- Read over what was written in the last `test_window` (the window of the other tests on the fact,
 -- dbt's `where` config there): a full refresh writes every line, and `transform` runs after each
 -- ingest and at least weekly, so every line is compared after it was written. Each check starts
 -- from the rows of the window and looks the other side up by its key.
 -- Returns the lines that differ, with what is wrong.
 with
 
+-- the lines staged lately, with their order's status (the lines of a cancelled order are not sales)
 staged_lines as (
-    select * from {{ sold_order_lines() }} as sold
-    where loaded_at >= now() - interval '2 days'
+    select
+        order_lines.order_detail_id,
+        order_lines.amount,
+        orders.order_status
+    from {{ ref('stg_order_details') }} as order_lines
+    left join {{ ref('stg_orders') }} as orders
+        on order_lines.order_id = orders.order_id
+    where order_lines.loaded_at >= now() - interval '{{ var("test_window") }}'
 ),
 
 fact_rows as (
     select * from {{ ref('fct_transactions') }}
-    where loaded_at >= now() - interval '2 days'
+    where loaded_at >= now() - interval '{{ var("test_window") }}'
 ),
 
 removed_lines as (
     select deleted_lines.order_detail_id from {{ ref('base_order_details') }} as deleted_lines
-    where deleted_lines.is_deleted and deleted_lines.loaded_at >= now() - interval '2 days'
+    where deleted_lines.is_deleted and deleted_lines.loaded_at >= now() - interval '{{ var("test_window") }}'
 ),
 
 removed_orders as (
     select gone_orders.order_id from {{ ref('base_orders') }} as gone_orders
     where
         (gone_orders.is_deleted or gone_orders.order_status = 'cancelled')
-        and gone_orders.loaded_at >= now() - interval '2 days'
+        and gone_orders.loaded_at >= now() - interval '{{ var("test_window") }}'
 ),
 
--- a sold line staged lately is in the fact, with its amount
+-- a sold line staged lately (not of a cancelled order) is in the fact, with its amount
 missing_or_different as (
     select
         staged_lines.order_detail_id,
@@ -42,10 +49,12 @@ missing_or_different as (
     from staged_lines
     left join {{ ref('fct_transactions') }} as facts
         on staged_lines.order_detail_id = facts.transaction_id
-    where facts.transaction_id is null or facts.amount <> staged_lines.amount
+    where
+        staged_lines.order_status is distinct from 'cancelled'
+        and (facts.transaction_id is null or facts.amount <> staged_lines.amount)
 ),
 
--- a fact row written lately is a sold staged line
+-- a fact row written lately is a staged line, not of a cancelled order
 not_sold as (
     select
         fact_rows.transaction_id as order_detail_id,
@@ -53,10 +62,11 @@ not_sold as (
         fact_rows.amount as fact_amount,
         'not a sold line of stg_order_details' as problem
     from fact_rows
-    where not exists (
-        select 1 from {{ sold_order_lines() }} as sold
-        where sold.order_detail_id = fact_rows.transaction_id
-    )
+    left join {{ ref('stg_order_details') }} as order_lines
+        on fact_rows.transaction_id = order_lines.order_detail_id
+    left join {{ ref('stg_orders') }} as orders
+        on order_lines.order_id = orders.order_id
+    where order_lines.order_detail_id is null or orders.order_status = 'cancelled'
 ),
 
 -- a line deleted lately, or of an order deleted or cancelled lately, is out of the fact

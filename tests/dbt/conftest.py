@@ -50,6 +50,8 @@ INCREMENTAL_TABLES = {
     "staging.base_orders": "order_id",
     "staging.base_order_details": "order_detail_id",
     "core.fct_transactions": "transaction_id",
+    "marts.dm_revenue_by_months": "month_start",
+    "marts.dm_perfomance_product_by_cities": "city_id, product_id",
 }
 # With the staging views on the base models: rebuilding a table drops the views on it (cascade).
 REBUILT_FROM_SCRATCH = (*(name.split(".")[1] for name in INCREMENTAL_TABLES), "stg_customers", "stg_orders",

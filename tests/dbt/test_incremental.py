@@ -22,9 +22,9 @@ import pytest
 from apparel.config import with_database
 from apparel.generate import _write_json, _write_xlsx
 from apparel.store import ensure_store
-from apparel.stream import run_stream
+from apparel.stream import drop_slot, run_stream
 from apparel.transform import MARTS
-from tests.conftest import DATASET_DIR, drop_replication_slot
+from tests.conftest import DATASET_DIR
 from tests.dbt.conftest import Dbt, assert_equals_full_refresh, query, reload, scalar
 
 pytestmark = pytest.mark.slow
@@ -240,7 +240,7 @@ def shop(pg_admin_url: str, dbt: Dbt) -> Iterator[Shop]:
         shop.catch_up()
         yield shop
     finally:
-        drop_replication_slot(pg_admin_url, shop.slot)
+        drop_slot(pg_admin_url, shop.slot)
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
 

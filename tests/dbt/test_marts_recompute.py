@@ -11,8 +11,8 @@ import pytest
 from apparel.config import with_database
 from apparel.simulate import run_simulator
 from apparel.store import ensure_store
-from apparel.stream import run_stream
-from tests.conftest import DATASET_DIR, drop_replication_slot
+from apparel.stream import drop_slot, run_stream
+from tests.conftest import DATASET_DIR
 from tests.dbt.conftest import Dbt, scalar
 from tests.dbt.recompute import assert_marts_equal, read_mart, sales_from_files, sales_from_store
 
@@ -42,7 +42,7 @@ def simulated_store(pg_admin_url: str, dbt: Dbt):
         run_stream(store_url, dbt.url, slot=slot, publication=slot, until_caught_up=True)
         yield store_url
     finally:
-        drop_replication_slot(pg_admin_url, slot)
+        drop_slot(pg_admin_url, slot)
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
 

@@ -53,6 +53,7 @@ def test_each_dag_file_parses_on_its_own() -> None:
         "watch_dataset",
         "transform",
         "transform_full_refresh",
+        "business_marts",
         "fresh_marts",
     }
     for path in paths:

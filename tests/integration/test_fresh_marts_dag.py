@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 # The models downstream of raw_store: the base models that resolve the shop against the extracts and
 # the staging views on them, the dimensions that read them, the fact, the brief's two marts. No tests,
-# no exposures, and not the business marts, which recompute from the whole history (left to `transform`).
+# no exposures, and not the business marts, which recompute from the whole history (left to `business_marts`).
 FRESH_MODELS = {
     "base_customers",
     "base_orders",

@@ -7,7 +7,7 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 
 from apparel.config import PROJECT_ROOT
-from apparel.transform import MARTS
+from apparel.transform import BUSINESS_MARTS, FRESH_MARTS
 from tests.conftest import DATASET_DIR, airflow_dags_test
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,12 @@ MONTHLY = "dm_revenue_by_months"
 def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
     dag = DagBag(dag_folder=str(PROJECT_ROOT / "airflow" / "dags" / "transform.py")).dags["transform"]
     task_ids = {t.task_id for t in dag.tasks}
-    for model in ["stg_orders", "dim_products", "fct_transactions", *(m for m in MARTS if m != MONTHLY)]:
+    for model in [
+        "stg_orders",
+        "dim_products",
+        "fct_transactions",
+        *(m for m in FRESH_MARTS if m != MONTHLY),
+    ]:
         assert f"dbt.{model}.run" in task_ids
         assert f"dbt.{model}.test" in task_ids
         # Each model's tests run right after it, before anything downstream of it.
@@ -28,10 +33,24 @@ def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
     assert f"dbt.{MONTHLY}.test" not in task_ids
     reconciliation = dag.get_task("dbt.assert_revenue_by_months_equals_fct_test")
     assert f"dbt.{MONTHLY}_run" in reconciliation.upstream_task_ids
-    assert {o.name for o in dag.get_task("publish_marts").outlets} == {f"marts.{m}" for m in MARTS}
+    published = {o.name for o in dag.get_task("publish_marts").outlets}
+    assert published == {"core.fct_transactions", *(f"marts.{m}" for m in FRESH_MARTS)}
+    # The business marts (whole history) are not here: their own DAG follows the fact.
+    assert not [t for t in task_ids if any(m in t for m in BUSINESS_MARTS)]
+    business = DagBag(dag_folder=str(PROJECT_ROOT / "airflow" / "dags" / "business_marts.py")).dags[
+        "business_marts"
+    ]
+    business_ids = {t.task_id for t in business.tasks}
+    for model in BUSINESS_MARTS:
+        assert business.get_task(f"dbt.{model}.test").upstream_task_ids == {f"dbt.{model}.run"}
+    assert not [t for t in business_ids if "fct_transactions" in t and not t.startswith("dbt.assert")]
+    assert [a.name for a in business.timetable.asset_condition.objects] == ["core.fct_transactions"]
+    assert {o.name for o in business.get_task("publish_marts").outlets} == {
+        f"marts.{m}" for m in BUSINESS_MARTS
+    }
     # The seed the market map joins on loads before the mart; exposures are docs, not tasks.
     assert dag.get_task("dbt.province_iso_codes.seed").downstream_task_ids == {"dbt.province_iso_codes.test"}
-    assert not [t for t in task_ids if "dashboard" in t]
+    assert not [t for t in task_ids | business_ids if "dashboard" in t]
     # One run per ingest, after all of its loads: scheduled on the raw layer, not on each table.
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["raw"]
     # The safety net: a full_refresh param, which the weekly DAG sets.
@@ -44,6 +63,7 @@ def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
 
 
 def test_ingest_then_transform_builds_the_marts(airflow_env, fresh_db: str) -> None:
+    """ingest_dataset, transform and business_marts, as `make run` runs them."""
     ingest = airflow_dags_test(
         airflow_env, "ingest_dataset", WAREHOUSE_URL=fresh_db, DATASET_DIR=str(DATASET_DIR)
     )
@@ -56,6 +76,11 @@ def test_ingest_then_transform_builds_the_marts(airflow_env, fresh_db: str) -> N
         fact_lines = conn.execute("select count(*) from core.fct_transactions").fetchone()[0]
     assert months == (12, raw_total)
     assert fact_lines == 18258
+    run = airflow_dags_test(airflow_env, "business_marts", WAREHOUSE_URL=fresh_db)
+    assert run.returncode == 0, run.stdout[-5000:]
+    with psycopg.connect(fresh_db) as conn:
+        for mart in BUSINESS_MARTS:
+            assert conn.execute(f"select count(*) from marts.{mart}").fetchone()[0] > 0, mart
 
     # The weekly safety net's run: every incremental model rebuilt from scratch, to the same rows.
     written_before = "select count(*), max(loaded_at), md5(string_agg(transaction_id || ':' || amount, ','"

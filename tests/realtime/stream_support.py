@@ -19,8 +19,7 @@ import pytest
 from apparel.bench_stream import compare_store_warehouse
 from apparel.config import PROJECT_ROOT, with_database
 from apparel.store import MIRROR_SCHEMA, store_ddl
-from apparel.stream import StreamStats, run_stream
-from tests.conftest import drop_replication_slot
+from apparel.stream import StreamStats, drop_slot, run_stream
 
 DATASET_DIR = PROJECT_ROOT / "dataset"
 
@@ -232,7 +231,7 @@ def make_stream_env(store_admin_url: str, warehouse_admin_url: str) -> Iterator[
     try:
         yield env
     finally:
-        drop_replication_slot(store_admin_url, slot)
+        drop_slot(store_admin_url, slot)
         with psycopg.connect(store_admin_url, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{store_db}" with (force)')
         try:

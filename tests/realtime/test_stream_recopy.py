@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from apparel.store import MIRROR_SCHEMA, reset_store
-from tests.conftest import DATASET_DIR, drop_replication_slot, load_all
+from apparel.stream import drop_slot
+from tests.conftest import DATASET_DIR, load_all
 from tests.dbt.conftest import Dbt
 from tests.realtime import stream_support
 from tests.realtime.stream_support import StreamEnv, make_stream_env
@@ -85,7 +86,7 @@ def test_recopy_after_the_slot_is_dropped_merges(stream_env: StreamEnv, caplog: 
     # The slot is dropped (the README's advice when the stream is stopped for good); meanwhile the
     # shop goes on: order 12 shipped, order 13 deleted with its lines 12 and 312, a new order with a
     # line, and line 5 written again with its old id.
-    drop_replication_slot(env.store_url, env.slot)
+    drop_slot(env.store_url, env.slot)
     env.store(
         "update shop_order set status = 'shipped', updated_at = now() where id = 12",
         "delete from shop_order where id = 13",
@@ -186,7 +187,7 @@ def test_a_deleted_order_stays_out_of_staging_after_a_recopy(pg_admin_url: str, 
             f"update shop_order set status = 'cancelled', updated_at = now() where id = {changed}",
         )
         env.run()
-        drop_replication_slot(env.store_url, env.slot)
+        drop_slot(env.store_url, env.slot)
         env.store(
             f"delete from shop_order where id = {gone_later}",
             "insert into shop_order (id, customer_id, province_id, city_id) overriding system value"

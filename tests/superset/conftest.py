@@ -31,7 +31,7 @@ from apparel.dbt_runner import run_dbt
 from apparel.embedded_pg import free_port
 from apparel.simulate import run_simulator
 from apparel.store import ensure_store
-from apparel.stream import run_stream
+from apparel.stream import drop_slot, run_stream
 from apparel.superset_setup import (
     SUPERSET_VENV,
     SupersetClient,
@@ -42,7 +42,7 @@ from apparel.superset_setup import (
     start_server,
     stop_server,
 )
-from tests.conftest import DATASET_DIR, drop_replication_slot, load_all
+from tests.conftest import DATASET_DIR, load_all
 
 
 @dataclass(frozen=True)
@@ -204,5 +204,5 @@ def live_store(superset: RunningSuperset, pg_admin_url: str) -> Iterator[LiveSto
             stop.set()
             if running is not None:
                 running.result(timeout=60)
-            drop_replication_slot(pg_admin_url, slot)
+            drop_slot(pg_admin_url, slot)
             _drop_database(pg_admin_url, store_db)

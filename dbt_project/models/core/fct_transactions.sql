@@ -12,6 +12,10 @@
     cancelled. The inputs' loaded_at are written by dbt itself (the base models under staging,
     the snapshot) or by the loader, so each change is seen by exactly one run. The transform DAG's
     weekly full refresh is the safety net.
+
+    Indexed for the lookups of the incremental models: by order and write time (this model's own),
+    by date_key and by (location_key, product_key) (the marts' lines of a month, of a product in a
+    city).
 #}
 -- depends_on: {{ ref('base_order_details') }}
 -- depends_on: {{ ref('base_orders') }}
@@ -22,7 +26,12 @@
         unique_key='transaction_id',
         incremental_strategy='merge',
         on_schema_change='fail',
-        indexes=[{'columns': ['order_id']}, {'columns': ['loaded_at']}],
+        indexes=[
+            {'columns': ['order_id']},
+            {'columns': ['loaded_at']},
+            {'columns': ['date_key']},
+            {'columns': ['location_key', 'product_key']},
+        ],
         pre_hook=[
             "{% if is_incremental() %}
             delete from {{ this }}

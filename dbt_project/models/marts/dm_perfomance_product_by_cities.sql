@@ -7,7 +7,53 @@
     one of them better. revenue_share_in_city_pct is rounded to 0.01, so a city's shares add
     up to 100 within rounding.
 
+    Incremental on city_id (delete+insert): a run rebuilds the cities where a product's sales
+    changed after its high-water mark (loaded_at: when its last run wrote a row). Only the changed
+    (city, product) pairs are summed again from the fact; the city's other products are taken as
+    stored, since ranks and shares compare a city's products with each other. A pair changed when
+    the fact wrote or removed one of its lines (a line deleted, an order deleted or cancelled), and
+    every pair of a product or city whose names changed. When a product or a city arrives, the
+    fact moves the lines that waited for it from the unknown member: every pair of that member is
+    summed again. The pre-hook first deletes the stored pairs that no line is left in (their last
+    line removed, or moved from the unknown member): delete+insert rewrites only the cities the
+    select returns, and a city without a line left returns nothing. (An order moved to another city after it was built leaves its old city's pair
+    behind: which city it was is not kept anywhere. The weekly full refresh corrects it.)
 #}
+-- depends_on: {{ ref('base_orders') }}
+-- depends_on: {{ ref('base_order_details') }}
+{{
+    config(
+        materialized='incremental',
+        unique_key='city_id',
+        incremental_strategy='delete+insert',
+        on_schema_change='fail',
+        indexes=[{'columns': ['city_id']}, {'columns': ['product_id']}],
+        pre_hook=[
+            "{% if is_incremental() %}
+            delete from {{ this }} as stored
+            where
+                (
+                    stored.city_id = -1
+                    or stored.product_id = -1
+                    or stored.city_id = any(array(
+                        select orders_of_lines.city_id from {{ ref('base_orders') }} as orders_of_lines
+                        where orders_of_lines.order_id = any(array(
+                            {{ orders_with_removed_lines() }}
+                        ))
+                    ))
+                )
+                and not exists (
+                    select 1
+                    from {{ ref('fct_transactions') }} as lines
+                    inner join {{ ref('dim_locations') }} as cities on lines.location_key = cities.location_key
+                    inner join {{ ref('dim_products') }} as products on lines.product_key = products.product_key
+                    where cities.city_id = stored.city_id and products.product_id = stored.product_id
+                )
+            {% endif %}",
+        ],
+    )
+}}
+
 with
 
 transactions as (
@@ -27,6 +73,58 @@ current_products as (
     where is_current
 ),
 
+{% if is_incremental() %}
+    changed_pairs as (
+        -- lines the fact wrote
+        select changed_cities.city_id, changed_products.product_id
+        from {{ ref('fct_transactions') }} as changed_lines
+        inner join {{ ref('dim_locations') }} as changed_cities
+            on changed_lines.location_key = changed_cities.location_key
+        inner join {{ ref('dim_products') }} as changed_products
+            on changed_lines.product_key = changed_products.product_key
+        where {{ written_after('changed_lines.loaded_at', high_water_mark()) }}
+
+        union
+
+        -- lines removed: deleted, or of an order deleted or cancelled (under the unknown members
+        -- when the fact counted them there)
+        select coalesce(cities_of_lines.city_id, -1), coalesce(products_of_lines.product_id, -1)
+        from {{ ref('base_order_details') }} as removed_lines
+        inner join {{ ref('base_orders') }} as orders_of_lines
+            on removed_lines.order_id = orders_of_lines.order_id
+        left join {{ ref('dim_locations') }} as cities_of_lines
+            on orders_of_lines.city_id = cities_of_lines.city_id
+        left join {{ ref('dim_products') }} as products_of_lines
+            on removed_lines.product_id = products_of_lines.product_id and products_of_lines.is_current
+        where
+            removed_lines.order_id = any(array(
+                {{ orders_with_removed_lines() }}
+            ))
+
+        union
+
+        -- every stored pair of a product or a city whose names changed; and, once a product or a
+        -- city arrived, every pair under the unknown member, whose lines that waited for it moved
+        select stored.city_id, stored.product_id
+        from {{ this }} as stored
+        where
+            stored.product_id = any(array(
+                select product_id from {{ ref('dim_products') }}
+                where {{ written_after('loaded_at', high_water_mark()) }}
+                union all
+                select -1 from {{ ref('dim_products') }}
+                where {{ written_after('loaded_at', high_water_mark()) }}
+            ))
+            or stored.city_id = any(array(
+                select city_id from {{ ref('dim_locations') }}
+                where {{ written_after('loaded_at', high_water_mark()) }}
+                union all
+                select -1 from {{ ref('dim_locations') }}
+                where {{ written_after('loaded_at', high_water_mark()) }}
+            ))
+    ),
+{% endif %}
+
 sales as (
     select
         locations.city_id,
@@ -39,7 +137,26 @@ sales as (
         on transactions.location_key = locations.location_key
     inner join product_versions
         on transactions.product_key = product_versions.product_key
+    {% if is_incremental() %}
+        -- the changed pairs only, their lines looked up in the fact's (location, product) index
+        inner join changed_pairs
+            on locations.city_id = changed_pairs.city_id and product_versions.product_id = changed_pairs.product_id
+    {% endif %}
     group by locations.city_id, product_versions.product_id
+
+    {% if is_incremental() %}
+        union all
+
+        -- the other products of those cities, as stored
+        select stored.city_id, stored.product_id, stored.total_orders, stored.total_quantity, stored.revenue
+        from {{ this }} as stored
+        where
+            stored.city_id = any(array(select city_id from changed_pairs))
+            and not exists (
+                select 1 from changed_pairs
+                where changed_pairs.city_id = stored.city_id and changed_pairs.product_id = stored.product_id
+            )
+    {% endif %}
 ),
 
 ranked as (
@@ -65,7 +182,9 @@ final as (
         cast(ranked.total_quantity as bigint) as total_quantity,
         cast(ranked.revenue as bigint) as revenue,
         cast(round(ranked.revenue_share, 2) as numeric(5, 2)) as revenue_share_in_city_pct,
-        cast(ranked.revenue_rank as integer) as revenue_rank_in_city
+        cast(ranked.revenue_rank as integer) as revenue_rank_in_city,
+        -- when this run wrote the row: the high-water mark of the next run
+        cast(now() as timestamptz) as loaded_at
     from ranked
     inner join locations
         on ranked.city_id = locations.city_id

@@ -9,7 +9,8 @@
     keeps deleted orders here; stg_orders leaves them out, fct_transactions removes their lines.
 
     Incremental: only ids that either side changed since the last run are resolved again, and a
-    version already stored (same side, same change time) is not rewritten.
+    version already stored (same side, same change time) is not rewritten. Indexed by the keys the
+    fact looks orders up by, and by order_date (dim_dates reads its first and last one).
 #}
 {{
     config(
@@ -20,6 +21,7 @@
             {'columns': ['order_id'], 'unique': True},
             {'columns': ['customer_id']},
             {'columns': ['city_id']},
+            {'columns': ['order_date']},
             {'columns': ['loaded_at']},
         ],
     )
