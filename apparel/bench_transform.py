@@ -276,13 +276,17 @@ def add_new_orders(
     data_dir: Path, out_dir: Path, count: int = NEW_ORDERS, id_gap: int = ID_GAP
 ) -> tuple[int, int]:
     """Copy the two fact extracts to `out_dir` with `count` more orders appended, each a copy of one of
-    the last orders (same date, customer, city, lines) under new order and line ids, `id_gap` above
-    the highest. Returns (orders, lines) appended."""
+    the newest orders (same date, customer, city, lines) under new order and line ids, `id_gap` above
+    the highest: new orders, dated like the latest ones, as a later export would add them. Returns
+    (orders, lines) appended."""
     orders = _read_csv(data_dir / "orders.csv")
     details = _read_csv(data_dir / "order_details.csv")
     count = min(count, orders.num_rows)
 
-    templates = orders.slice(orders.num_rows - count)  # the last orders (December): a plausible month
+    # The newest orders (the generator writes orders of every month in turn, so the file's last rows
+    # span the whole year: copies of those would touch every month of history, not the latest).
+    newest = pc.sort_indices(orders, sort_keys=[("order_date", "descending"), ("order_id", "descending")])
+    templates = orders.take(np.sort(newest[:count].to_numpy()))  # in file order
     order_offset = pc.max(orders["order_id"]).as_py() + id_gap - pc.min(templates["order_id"]).as_py()
     new_orders = templates.set_column(0, "order_id", pc.add(templates["order_id"], order_offset))
 

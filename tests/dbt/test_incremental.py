@@ -23,7 +23,7 @@ from apparel.config import with_database
 from apparel.generate import _write_json, _write_xlsx
 from apparel.store import ensure_store
 from apparel.stream import drop_slot, run_stream
-from apparel.transform import MARTS
+from apparel.transform import FRESH_MARTS, MARTS
 from tests.conftest import DATASET_DIR
 from tests.dbt.conftest import Dbt, assert_equals_full_refresh, query, reload, scalar
 
@@ -44,6 +44,16 @@ def fact_keys(url: str, order_id: int) -> set[tuple[str, str, str]]:
         (order_id,),
     )  # fmt: skip
     return set(rows)
+
+
+def marts_last_written(url: str) -> list[tuple]:
+    return [scalar(url, f"select max(loaded_at) from marts.{mart}") for mart in FRESH_MARTS]
+
+
+def rows_of_last_run(url: str, mart: str, key: str) -> int:
+    """How many distinct `key`s of `mart` the last run that wrote it wrote."""
+    last_run = f"(select max(loaded_at) from marts.{mart})"
+    return scalar(url, f"select count(distinct {key}) from marts.{mart} where loaded_at = {last_run}")
 
 
 def written(dbt: Dbt) -> dict[str, int]:
@@ -94,9 +104,11 @@ def test_extract_changes_are_built_incrementally(dbt: Dbt, dataset_copy: Path) -
     dbt("build")
     url = dbt.url
 
-    # Nothing new: the incremental models write nothing.
-    dbt("build", "--select", *INCREMENTAL_MODELS)
+    # Nothing new: the incremental models write nothing, the marts included.
+    marts_written = marts_last_written(url)
+    dbt("build", "--select", *INCREMENTAL_MODELS, *FRESH_MARTS)
     assert written(dbt) == dict.fromkeys(INCREMENTAL_MODELS, 0)
+    assert marts_last_written(url) == marts_written
 
     # Appended orders: only they are written.
     max_order = scalar(url, "select max(order_id) from raw.orders")
@@ -112,6 +124,10 @@ def test_extract_changes_are_built_incrementally(dbt: Dbt, dataset_copy: Path) -
         "fct_transactions": 3,
     }
     assert fact_count(url) == before + len(new_lines)
+    # The marts rewrote what the new lines touch: their month (and the next, whose growth compares
+    # with it) and their city (both orders copy the first order's date and city).
+    assert 1 <= rows_of_last_run(url, "dm_revenue_by_months", "month_start") <= 2
+    assert rows_of_last_run(url, "dm_perfomance_product_by_cities", "city_id") == 1
     assert_equals_full_refresh(dbt, dataset_copy)
 
     # Changed lines: the two lines rewritten with their new quantity.

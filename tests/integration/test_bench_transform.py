@@ -32,14 +32,17 @@ def test_new_orders_are_appended_whole_with_fresh_ids(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(new_orders.head(len(orders)), orders)
     pd.testing.assert_frame_equal(new_details.head(len(details)), details)
     appended, appended_lines = new_orders.tail(25), new_details.tail(added_lines)
-    assert appended["order_date"].tolist() == orders.tail(25)["order_date"].tolist()
+    # Copies of the 25 newest orders: new orders dated like the latest ones.
+    newest = orders.sort_values(["order_date", "order_id"]).tail(25).sort_index()
+    assert appended["order_date"].tolist() == newest["order_date"].tolist()
+    assert appended["order_date"].min() >= orders["order_date"].max()[:7]
     # Ids start ID_GAP above the highest (the shop's sequences hand out the ones in between).
     assert appended["order_id"].min() == orders["order_id"].max() + ID_GAP
     assert appended_lines["order_detail_id"].min() == details["order_detail_id"].max() + ID_GAP
     assert new_details["order_detail_id"].is_unique and new_orders["order_id"].is_unique
     # Every new line belongs to a new order, and each new order has its template's lines.
     assert set(appended_lines["order_id"]) == set(appended["order_id"])
-    templates = details[details["order_id"].isin(orders.tail(25)["order_id"])]
+    templates = details[details["order_id"].isin(newest["order_id"])]
     assert added_lines == len(templates)
     assert appended_lines["unit_sales"].sum() == templates["unit_sales"].sum()
 

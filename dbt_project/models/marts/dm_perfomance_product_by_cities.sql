@@ -123,41 +123,63 @@ current_products as (
                 where {{ written_after('loaded_at', high_water_mark()) }}
             ))
     ),
-{% endif %}
 
-sales as (
-    select
-        locations.city_id,
-        product_versions.product_id,
-        count(distinct transactions.order_id) as total_orders,
-        sum(transactions.quantity) as total_quantity,
-        sum(transactions.amount) as revenue
-    from transactions
-    inner join locations
-        on transactions.location_key = locations.location_key
-    inner join product_versions
-        on transactions.product_key = product_versions.product_key
-    {% if is_incremental() %}
-        -- the changed pairs only, their lines looked up in the fact's (location, product) index
-        inner join changed_pairs
-            on locations.city_id = changed_pairs.city_id and product_versions.product_id = changed_pairs.product_id
-    {% endif %}
-    group by locations.city_id, product_versions.product_id
+    sales as (
+        -- each changed pair summed again from its own lines, looked up in the fact's
+        -- (location_key, product_key) index: what a pair costs is its lines, not the fact
+        select
+            changed_pairs.city_id,
+            changed_pairs.product_id,
+            pair_lines.total_orders,
+            pair_lines.total_quantity,
+            pair_lines.revenue
+        from changed_pairs
+        inner join {{ ref('dim_locations') }} as pair_cities
+            on changed_pairs.city_id = pair_cities.city_id
+        cross join lateral (
+            select
+                count(distinct lines_of_pair.order_id) as total_orders,
+                sum(lines_of_pair.quantity) as total_quantity,
+                sum(lines_of_pair.amount) as revenue
+            from {{ ref('fct_transactions') }} as lines_of_pair
+            where
+                lines_of_pair.location_key = pair_cities.location_key
+                and lines_of_pair.product_key = any(array(
+                    select pair_versions.product_key from {{ ref('dim_products') }} as pair_versions
+                    where pair_versions.product_id = changed_pairs.product_id
+                ))
+        ) as pair_lines
+        -- a pair without a line left is no row
+        where pair_lines.total_orders > 0
 
-    {% if is_incremental() %}
         union all
 
         -- the other products of those cities, as stored
         select stored.city_id, stored.product_id, stored.total_orders, stored.total_quantity, stored.revenue
         from {{ this }} as stored
         where
-            stored.city_id = any(array(select city_id from changed_pairs))
+            stored.city_id = any(array(select changed_pairs.city_id from changed_pairs))
             and not exists (
                 select 1 from changed_pairs
                 where changed_pairs.city_id = stored.city_id and changed_pairs.product_id = stored.product_id
             )
-    {% endif %}
-),
+    ),
+{% else %}
+    sales as (
+        select
+            locations.city_id,
+            product_versions.product_id,
+            count(distinct transactions.order_id) as total_orders,
+            sum(transactions.quantity) as total_quantity,
+            sum(transactions.amount) as revenue
+        from transactions
+        inner join locations
+            on transactions.location_key = locations.location_key
+        inner join product_versions
+            on transactions.product_key = product_versions.product_key
+        group by locations.city_id, product_versions.product_id
+    ),
+{% endif %}
 
 ranked as (
     select
