@@ -49,6 +49,7 @@ INCREMENTAL_TABLES = {
     "staging.base_customers": "customer_id",
     "staging.base_orders": "order_id",
     "staging.base_order_details": "order_detail_id",
+    "core.dim_customers": "customer_id",
     "core.fct_transactions": "transaction_id",
     "marts.dm_revenue_by_months": "month_start",
     "marts.dm_perfomance_product_by_cities": "city_id, product_id",

@@ -1,7 +1,40 @@
+{#
+    Customers: one row per customer, plus the unknown member.
+
+    Incremental on customer_id: a run writes the customers staging wrote after its high-water
+    mark (loaded_at, staging's time of the customer's latest version), and its pre-hook removes
+    the customers deleted since (from the extract or in the shop; base_customers keeps them).
+#}
+-- depends_on: {{ ref('base_customers') }}
+{{
+    config(
+        materialized='incremental',
+        unique_key='customer_id',
+        incremental_strategy='merge',
+        on_schema_change='fail',
+        indexes=[
+            {'columns': ['customer_id'], 'unique': True},
+            {'columns': ['loaded_at']},
+        ],
+        pre_hook=[
+            "{% if is_incremental() %}
+            delete from {{ this }}
+            where customer_id = any(array(
+                select customer_id from {{ ref('base_customers') }}
+                where is_deleted and {{ written_after('loaded_at', high_water_mark()) }}
+            ))
+            {% endif %}",
+        ],
+    )
+}}
+
 with
 
 customers as (
     select * from {{ ref('stg_customers') }}
+    {% if is_incremental() %}
+        where {{ written_after('loaded_at', high_water_mark()) }}
+    {% endif %}
 ),
 
 described as (
@@ -31,8 +64,10 @@ unknown_member as (
 
 final as (
     select * from described
-    union all
-    select * from unknown_member
+    {% if not is_incremental() %}
+        union all
+        select * from unknown_member
+    {% endif %}
 )
 
 select * from final
