@@ -42,12 +42,23 @@
                         ))
                     ))
                 )
+                -- no line left: one index lookup per stored pair (a lateral subquery, which
+                -- PostgreSQL cannot turn into an anti-join over the whole fact)
                 and not exists (
                     select 1
-                    from {{ ref('fct_transactions') }} as lines
-                    inner join {{ ref('dim_locations') }} as cities on lines.location_key = cities.location_key
-                    inner join {{ ref('dim_products') }} as products on lines.product_key = products.product_key
-                    where cities.city_id = stored.city_id and products.product_id = stored.product_id
+                    from {{ ref('dim_locations') }} as cities
+                    cross join lateral (
+                        select 1 as found
+                        from {{ ref('fct_transactions') }} as lines
+                        where
+                            lines.location_key = cities.location_key
+                            and lines.product_key = any(array(
+                                select versions.product_key from {{ ref('dim_products') }} as versions
+                                where versions.product_id = stored.product_id
+                            ))
+                        limit 1
+                    ) as a_line
+                    where cities.city_id = stored.city_id
                 )
             {% endif %}",
         ],
