@@ -1,10 +1,10 @@
 """Keep the fact and the marts fresh with the shop's streamed orders: every minute, through Cosmos.
 
 The CDC stream (`apparel stream`) mirrors the shop's tables into raw_store within a second; this
-DAG rebuilds only the tables downstream of them (the dimensions that read them, the incremental
-`fct_transactions` and the brief's two marts, all incremental; the business marts, which
-recompute from the whole history, are left to `business_marts`), so an order placed in the shop reaches the marts within two
-minutes. Tests stay in the daily `transform`; this DAG also checks the stream's freshness. It and
+DAG rebuilds only the tables downstream of them (the dimensions that read them, and incrementally
+`fct_transactions` and the brief's two marts; the business marts, which recompute from the whole
+history, are left to `business_marts`), so an order placed in the shop reaches the marts within
+two minutes. Tests stay in the daily `transform`; this DAG also checks the stream's freshness. It and
 `transform` share a pool so they never build the same models at once (see apparel.transform).
 """
 

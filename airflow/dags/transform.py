@@ -5,11 +5,12 @@ loads are done and at least one raw table changed. Each dbt model is a task
 group (run, then its tests); the fact and the marts are published as assets
 for dashboards and downstream DAGs (`business_marts` follows the fact).
 
-The incremental models (the base models under staging, the fact, the brief's
-two marts) build only what changed; the business marts, which recompute the
-whole history, are left to `business_marts` (tag `whole_history`). Trigger with `{"full_refresh": true}` to rebuild them from
-scratch; `transform_full_refresh` does so every week, so that a mistake in an
-incremental run cannot outlive the week.
+The incremental models (the base models under staging, `dim_customers`, the
+fact, the brief's two marts) build only what changed; the business marts, which
+recompute the whole history, are left to `business_marts` (tag
+`whole_history`). Trigger with `{"full_refresh": true}` to rebuild the
+incremental models from scratch; `transform_full_refresh` does so every week,
+so that a mistake in an incremental run cannot outlive the week.
 """
 
 from __future__ import annotations
