@@ -48,7 +48,11 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
     assert dag.timetable.expression == "* * * * *"
     assert dag.max_active_runs == 1 and not dag.catchup
     assert dag.get_task("dbt.base_customers_run").upstream_task_ids == {"transform_has_run"}
-    assert dag.get_task("dbt.dim_customers_run").upstream_task_ids == {"dbt.stg_customers_run"}
+    # dim_customers reads stg_customers, and base_customers for the customers deleted since its last run
+    assert dag.get_task("dbt.dim_customers_run").upstream_task_ids == {
+        "dbt.stg_customers_run",
+        "dbt.base_customers_run",
+    }
     assert dag.get_task("dbt.stg_customers_run").upstream_task_ids == {"dbt.base_customers_run"}
     assert dag.get_task("dbt.fct_transactions_run").upstream_task_ids == {
         "dbt.base_customers_run",
@@ -58,9 +62,12 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
         "dbt.stg_order_details_run",
         "dbt.dim_customers_run",
     }
+    # the monthly mart also reads the base models: the dates of the lines removed since its last run
     assert dag.get_task("dbt.dm_revenue_by_months_run").upstream_task_ids == {
         "dbt.fct_transactions_run",
         "dbt.dim_dates_run",
+        "dbt.base_orders_run",
+        "dbt.base_order_details_run",
     }
     # Never beside a dbt task of `transform`: each fresh task takes every slot of the pool they share.
     for task_id in dbt_tasks:
