@@ -69,3 +69,17 @@
         (is_deleted or order_status = 'cancelled')
         and {{ written_after('loaded_at', high_water_mark()) }}
 {%- endmacro %}
+
+
+{#
+    The condition on `lines` (the fact) that selects the lines of one (city, product) pair: the
+    city's location_key and the keys of every version of the product, so that PostgreSQL reads
+    them from the fact's (location_key, product_key, ...) index, one pair at a time.
+#}
+{% macro lines_of_pair(lines, location_key, product_id) -%}
+    {{ lines }}.location_key = {{ location_key }}
+    and {{ lines }}.product_key = any(array(
+        select versions.product_key from {{ ref('dim_products') }} as versions
+        where versions.product_id = {{ product_id }}
+    ))
+{%- endmacro %}

@@ -46,7 +46,7 @@ def fact_keys(url: str, order_id: int) -> set[tuple[str, str, str]]:
     return set(rows)
 
 
-def marts_last_written(url: str) -> list[tuple]:
+def marts_last_written(url: str) -> list:
     return [scalar(url, f"select max(loaded_at) from marts.{mart}") for mart in FRESH_MARTS]
 
 

@@ -50,12 +50,7 @@
                     cross join lateral (
                         select 1 as found
                         from {{ ref('fct_transactions') }} as lines
-                        where
-                            lines.location_key = cities.location_key
-                            and lines.product_key = any(array(
-                                select versions.product_key from {{ ref('dim_products') }} as versions
-                                where versions.product_id = stored.product_id
-                            ))
+                        where {{ lines_of_pair('lines', 'cities.location_key', 'stored.product_id') }}
                         limit 1
                     ) as a_line
                     where cities.city_id = stored.city_id
@@ -153,12 +148,7 @@ current_products as (
                 sum(lines_of_pair.quantity) as total_quantity,
                 sum(lines_of_pair.amount) as revenue
             from {{ ref('fct_transactions') }} as lines_of_pair
-            where
-                lines_of_pair.location_key = pair_cities.location_key
-                and lines_of_pair.product_key = any(array(
-                    select pair_versions.product_key from {{ ref('dim_products') }} as pair_versions
-                    where pair_versions.product_id = changed_pairs.product_id
-                ))
+            where {{ lines_of_pair('lines_of_pair', 'pair_cities.location_key', 'changed_pairs.product_id') }}
         ) as pair_lines
         -- a pair without a line left is no row
         where pair_lines.total_orders > 0
