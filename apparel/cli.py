@@ -147,6 +147,14 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
         for line in stream.format_status(status):
             console.print(line, markup=False, highlight=False)
         return 1 if status.warnings else 0
+    if args.action == "replay":
+        from apparel.dead_letters import replay
+
+        result = replay(settings.warehouse_url, slot)
+        console.print(f"dead letters of slot {slot}: {result}", markup=False, highlight=False)
+        for line in result.failed:
+            console.print(f"  still refused: {line}", markup=False, highlight=False)
+        return 1 if result.failed else 0
     stats = stream.run_stream(
         settings.store_url,
         settings.warehouse_url,
@@ -161,6 +169,16 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
         f"{stats.batches:,} batches, {stats.initial_rows:,} rows copied initially, "
         f"{stats.dead_letters:,} dead letters, {stats.reconnects} reconnects; at {stats.lsn}"
     )
+    if args.until_caught_up:
+        # The slot stays (the next start resumes from it) and nobody reads it until then: say so.
+        status = stream.configured_status(settings, slot)
+        console.print(
+            f"kept replication slot {slot} on the store, inactive until `make up` or `apparel stream`"
+            f" runs; it holds back the store's WAL {stream.wal_budget(status)}. Drop it if you stop using"
+            f" the stream: select pg_drop_replication_slot('{slot}')",
+            markup=False,
+            highlight=False,
+        )
     return 0
 
 
@@ -342,7 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "stream", help="mirror the store into raw_store by logical replication (CDC); `stream status`"
     )
-    p.add_argument("action", nargs="?", choices=["run", "status"], default="run")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "status", "replay"],
+        default="run",
+        help="run (default): stream until stopped; status: lag, WAL, health; replay: apply the dead"
+        " letters again after a fix",
+    )
     p.add_argument(
         "--until-caught-up",
         action="store_true",
