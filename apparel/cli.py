@@ -18,9 +18,9 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _server(settings):
-    from apparel.embedded_pg import EmbeddedServer
+    from apparel.embedded_pg import EmbeddedServer, slot_wal_keep_mb
 
-    return EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port)
+    return EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port, slot_wal_keep_mb(settings))
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -129,7 +129,8 @@ def load_source(
         conn.commit()
         result = LoadResult(source.name, source.file, "failed")
         try:
-            result.checksum = file_checksum(path) if path.exists() else ""
+            # Whether to load at all; the checksum recorded is the load's own (below).
+            result.checksum = file_checksum(path) if path.exists() and not force else ""
             if not force and _unchanged(conn, source, result.checksum):
                 result.status = "skipped"
                 log.info(
@@ -142,6 +143,8 @@ def load_source(
                 extract = open_extract(source, path)
                 result.warnings = check_columns(source, extract)
                 result.rows, counts = _copy_and_merge(conn, source, extract, batch_id, on_progress)
+                # Of the bytes the COPY read: a file rewritten since the check above is recorded as loaded.
+                result.checksum = extract.sha256
                 vars(result).update(vars(counts))
                 log.info("%s: %s", source.file, counts)
                 result.bytes = _table_bytes(conn, source)

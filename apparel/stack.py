@@ -518,10 +518,10 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _start_warehouse(settings: Settings) -> None:
-    from apparel.embedded_pg import EmbeddedServer, wait_until_ready
+    from apparel.embedded_pg import EmbeddedServer, slot_wal_keep_mb, wait_until_ready
 
     if settings.embedded:
-        EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port).start(
+        EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port, slot_wal_keep_mb(settings)).start(
             databases=(EMBEDDED_DATABASE, AIRFLOW_DATABASE)
         )
     else:
