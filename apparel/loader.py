@@ -185,20 +185,39 @@ def _unchanged(conn: psycopg.Connection, source: Source, checksum: str) -> bool:
     return row is not None
 
 
-def changed_sources(url: str, dataset_dir: Path, sources: tuple[Source, ...] = SOURCES) -> list[str]:
+def changed_sources(
+    url: str, dataset_dir: Path, sources: tuple[Source, ...] = SOURCES, *, stable_seconds: float = 0
+) -> list[str]:
     """Sources whose file differs from its last successful load (new, changed, or never loaded).
 
     The same test `load_source` uses to skip a file, so a watcher that triggers the ingest on this
     list triggers it exactly when the ingest would load something. Missing files are not changes.
+    With `stable_seconds`, only files whose size and modification time did not move between two
+    looks that far apart count: a file still being copied into the folder waits for the next round.
     """
+    present = [s for s in sources if (dataset_dir / s.file).exists()]
+    if stable_seconds > 0:
+        first = {s.name: _file_state(dataset_dir / s.file) for s in present}
+        time.sleep(stable_seconds)
+        moving = [s for s in present if _file_state(dataset_dir / s.file) != first[s.name]]
+        for source in moving:
+            log.info("%s is still being written (size or mtime moved): left for the next look", source.file)
+        present = [s for s in present if s not in moving]
     with psycopg.connect(url) as conn:
         ensure_raw_schema(conn)
         return [
             source.name
-            for source in sources
-            if (dataset_dir / source.file).exists()
-            and not _unchanged(conn, source, file_checksum(dataset_dir / source.file))
+            for source in present
+            if not _unchanged(conn, source, file_checksum(dataset_dir / source.file))
         ]
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def check_columns(source: Source, extract: Extract) -> list[str]:
