@@ -76,8 +76,19 @@ def cmd_store(args: argparse.Namespace) -> int:
                 else "store already has data: nothing seeded"
             )
         elif args.action == "reset":
+            from apparel.stream import DEFAULT_SLOT, drop_slot
+
             seeded = reset_store(settings.store_url, dataset_dir, create_database=create_database)
             console.print(f"store rebuilt: {seeded:,} rows seeded from {dataset_dir}")
+            # Dropped tables are not in the replication stream: the mirror would keep the old rows
+            # live. Without its slot, the stream's next start copies the tables again, merging, and
+            # tombstones what the reset removed.
+            slot = settings.get("STREAM_SLOT", DEFAULT_SLOT)
+            drop_slot(settings.store_url, slot)
+            console.print(
+                f"dropped the stream's replication slot {slot}: its next start copies the shop's tables"
+                " into raw_store again, merging (rows the reset removed become tombstones)"
+            )
         console.print(f"store: {settings.store_url}")
         table = Table()
         for column, justify in [("table", "left"), ("rows", "right"), ("max id", "right")]:

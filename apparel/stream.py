@@ -1347,8 +1347,9 @@ def stream_status(
             "select active, confirmed_flush_lsn::text, restart_lsn::text, wal_status,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,"
-            " extract(epoch from now() - inactive_since)::float8"
-            " from pg_replication_slots where slot_name = %s",
+            # inactive_since is PostgreSQL 17's: read so that an older store server gives null.
+            " extract(epoch from now() - (to_jsonb(s) ->> 'inactive_since')::timestamptz)::float8"
+            " from pg_replication_slots s where slot_name = %s",
             (slot,),
         ).fetchone()
         status.wal_keep_mb = store.execute(
