@@ -156,15 +156,15 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
     if args.action == "status":
         status = stream.configured_status(settings, slot)
         for line in stream.format_status(status):
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return 1 if status.warnings else 0
     if args.action == "replay":
         from apparel.dead_letters import replay
 
         result = replay(settings.warehouse_url, slot)
-        console.print(f"dead letters of slot {slot}: {result}", markup=False, highlight=False)
+        console.print(f"dead letters of slot {slot}: {result}", markup=False, highlight=False, soft_wrap=True)
         for line in result.failed:
-            console.print(f"  still refused: {line}", markup=False, highlight=False)
+            console.print(f"  still refused: {line}", markup=False, highlight=False, soft_wrap=True)
         return 1 if result.failed else 0
     stats = stream.run_stream(
         settings.store_url,
@@ -189,6 +189,7 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
             f" the stream: select pg_drop_replication_slot('{slot}')",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
     return 0
 
