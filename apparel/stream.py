@@ -970,6 +970,14 @@ class _Stream:
                         self.slot,
                         format_lsn(state),
                     )
+                    # The old position means nothing to the new slot. Forgotten first (committed), so
+                    # that a copy killed from here on leaves what an interrupted first copy leaves
+                    # (a slot, no position: dropped and copied again at the next start), not a new
+                    # slot ahead of an old position, which would look like a restored warehouse.
+                    with warehouse.transaction():
+                        warehouse.execute(
+                            f"delete from {MIRROR_SCHEMA}._stream_state where slot_name = %s", (self.slot,)
+                        )
                 cur.execute(f"CREATE_REPLICATION_SLOT {self.slot} LOGICAL pgoutput EXPORT_SNAPSHOT")
                 _, consistent_point, snapshot, _ = cur.fetchone()
                 start = parse_lsn(consistent_point)
