@@ -102,7 +102,7 @@ def stack_env() -> Iterator[dict[str, str]]:
     # Keep the logs (the stack's and Airflow's task logs) for a look after a failure.
     kept = ARTIFACTS / "stack-logs"
     shutil.rmtree(kept, ignore_errors=True)
-    for part in ("stack/stack.log", "stack/logs", "airflow/logs"):
+    for part in ("stack/supervisord.log", "stack/logs", "airflow/logs"):
         source = state / part
         if source.is_dir():
             shutil.copytree(source, kept / part, dirs_exist_ok=True)
