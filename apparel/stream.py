@@ -94,9 +94,13 @@ def is_data_error(error: BaseException) -> bool:
 
 
 def _is_transient(error: BaseException) -> bool:
-    # psycopg2 reports a connection lost mid-stream as a bare DatabaseError without SQLSTATE.
-    return isinstance(error, _TRANSIENT) or (
-        type(error) is psycopg2.DatabaseError and getattr(error, "pgcode", None) is None
+    # psycopg2 reports a connection lost mid-stream as a bare DatabaseError without SQLSTATE; a slot
+    # still held by a predecessor's walsender at START_REPLICATION is 55006 (object in use).
+    code = getattr(error, "pgcode", None)
+    return (
+        isinstance(error, _TRANSIENT)
+        or (type(error) is psycopg2.DatabaseError and code is None)
+        or (isinstance(error, psycopg2.Error) and code == "55006")
     )
 
 
