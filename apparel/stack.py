@@ -293,7 +293,6 @@ def _exec(argv: list[str], env: dict[str, str], service: str, cwd: Path | None =
     # (Airflow and gunicorn retitle their processes, which hides their environment from /proc).
     pid_file = service_pid_file(stack_settings(), service)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    _end_leftovers(pid_file)
     pid_file.write_text(f"{os.getpid()}\n")
     if cwd:
         os.chdir(cwd)
@@ -323,6 +322,7 @@ def run_service(name: str) -> None:
     """A service's command (`service_command`): prepare the service when it needs it, then exec it in
     the foreground (supervisord or Docker Compose supervises it)."""
     st = stack_settings()
+    _end_leftovers(service_pid_file(st, name))
     if name in AIRFLOW_SERVICES:
         from apparel.airflow_env import AIRFLOW
 
