@@ -111,6 +111,6 @@ clean: down ## stop and delete all local state (warehouse data, Airflow metadata
 # Superset (its own venv, dashboards as code, browser tests): targets and their wiring into test/down.
 include superset/superset.mk
 
-# The whole stack (`make up`, Airflow services, Superset, dbt docs under honcho) and its compose file.
+# The whole stack (`make up`, Airflow services, Superset, dbt docs under supervisord) and its compose file.
 include stack.mk
 down: stack-down

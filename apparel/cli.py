@@ -18,9 +18,9 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _server(settings):
-    from apparel.embedded_pg import EmbeddedServer
+    from apparel.embedded_pg import EmbeddedServer, slot_wal_keep_mb
 
-    return EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port)
+    return EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port, slot_wal_keep_mb(settings))
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -76,8 +76,19 @@ def cmd_store(args: argparse.Namespace) -> int:
                 else "store already has data: nothing seeded"
             )
         elif args.action == "reset":
+            from apparel.stream import DEFAULT_SLOT, drop_slot
+
             seeded = reset_store(settings.store_url, dataset_dir, create_database=create_database)
             console.print(f"store rebuilt: {seeded:,} rows seeded from {dataset_dir}")
+            # Dropped tables are not in the replication stream: the mirror would keep the old rows
+            # live. Without its slot, the stream's next start copies the tables again, merging, and
+            # tombstones what the reset removed.
+            slot = settings.get("STREAM_SLOT", DEFAULT_SLOT)
+            drop_slot(settings.store_url, slot)
+            console.print(
+                f"dropped the stream's replication slot {slot}: its next start copies the shop's tables"
+                " into raw_store again, merging (rows the reset removed become tombstones)"
+            )
         console.print(f"store: {settings.store_url}")
         table = Table()
         for column, justify in [("table", "left"), ("rows", "right"), ("max id", "right")]:
@@ -145,8 +156,16 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
     if args.action == "status":
         status = stream.configured_status(settings, slot)
         for line in stream.format_status(status):
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return 1 if status.warnings else 0
+    if args.action == "replay":
+        from apparel.dead_letters import replay
+
+        result = replay(settings.warehouse_url, slot)
+        console.print(f"dead letters of slot {slot}: {result}", markup=False, highlight=False, soft_wrap=True)
+        for line in result.failed:
+            console.print(f"  still refused: {line}", markup=False, highlight=False, soft_wrap=True)
+        return 1 if result.failed else 0
     stats = stream.run_stream(
         settings.store_url,
         settings.warehouse_url,
@@ -161,6 +180,17 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
         f"{stats.batches:,} batches, {stats.initial_rows:,} rows copied initially, "
         f"{stats.dead_letters:,} dead letters, {stats.reconnects} reconnects; at {stats.lsn}"
     )
+    if args.until_caught_up:
+        # The slot stays (the next start resumes from it) and nobody reads it until then: say so.
+        status = stream.configured_status(settings, slot)
+        console.print(
+            f"kept replication slot {slot} on the store, inactive until `make up` or `apparel stream`"
+            f" runs; it holds back the store's WAL {stream.wal_budget(status)}. Drop it if you stop using"
+            f" the stream: select pg_drop_replication_slot('{slot}')",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -342,7 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "stream", help="mirror the store into raw_store by logical replication (CDC); `stream status`"
     )
-    p.add_argument("action", nargs="?", choices=["run", "status"], default="run")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "status", "replay"],
+        default="run",
+        help="run (default): stream until stopped; status: lag, WAL, health; replay: apply the dead"
+        " letters again after a fix",
+    )
     p.add_argument(
         "--until-caught-up",
         action="store_true",

@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import re
 import shutil
 import socket
 import stat
@@ -50,6 +51,22 @@ SERVER_SETTINGS = {
     "log_timezone": "'UTC'",
 }
 
+# The WAL a replication slot may hold back before the server invalidates it (max_slot_wal_keep_size),
+# in MB. This cluster holds every database (warehouse, Airflow, Superset, the shop's store): a slot
+# nobody reads must not fill the disk for all of them. Passed at each start (`-c`), so it applies to
+# clusters made before it existed; PG_SLOT_WAL_KEEP_MB changes it.
+DEFAULT_SLOT_WAL_KEEP_MB = 4096
+
+
+def slot_wal_keep_mb(settings) -> int:
+    """PG_SLOT_WAL_KEEP_MB, checked: it reaches the server's command line."""
+    value = settings.get("PG_SLOT_WAL_KEEP_MB", str(DEFAULT_SLOT_WAL_KEEP_MB)).strip()
+    if not re.fullmatch(r"-1|[1-9][0-9]*", value):
+        raise ValueError(
+            f"PG_SLOT_WAL_KEEP_MB must be a number of MB (at least 1), or -1 for no cap; got {value!r}"
+        )
+    return int(value)
+
 
 def bin_dir() -> Path:
     """Where the wheel keeps its PostgreSQL 18 binaries."""
@@ -66,6 +83,7 @@ class EmbeddedServer:
 
     data_dir: Path
     port: int
+    slot_wal_keep_mb: int = DEFAULT_SLOT_WAL_KEEP_MB
 
     @property
     def log_file(self) -> Path:
@@ -94,7 +112,7 @@ class EmbeddedServer:
             _prepare_log(self.log_file)
             _run(
                 ["pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60"]
-                + ["-o", f"-p {self.port}", "start"],
+                + ["-o", f"-p {self.port} -c max_slot_wal_keep_size={int(self.slot_wal_keep_mb)}MB", "start"],
                 error=f"PostgreSQL did not start; see {self.log_file}",
             )
         for database in databases:

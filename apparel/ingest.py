@@ -95,12 +95,19 @@ def run_load(source_name: str, force: bool, dataset_dir: str | None, run_id: str
     return {"rows": result.rows, "bytes": result.bytes, "seconds": round(result.seconds, 3)}
 
 
+# Seconds between the two looks at a file's size and mtime before `watch_dataset` counts it (a file
+# still being copied into DATASET_DIR moves in between). DATASET_STABLE_SECONDS changes it.
+DEFAULT_STABLE_SECONDS = 10
+
+
 def find_changed_extracts() -> list[str]:
-    """For `watch_dataset`: the sources whose file changed; skips the run (no trigger) when none did."""
+    """For `watch_dataset`: the sources whose file changed and is not being written any more; skips
+    the run (no trigger) when there is none."""
     from apparel.loader import changed_sources
 
     settings = load_settings()
-    changed = changed_sources(settings.warehouse_url, settings.dataset_dir)
+    stable = float(settings.get("DATASET_STABLE_SECONDS", str(DEFAULT_STABLE_SECONDS)))
+    changed = changed_sources(settings.warehouse_url, settings.dataset_dir, stable_seconds=stable)
     if not changed:
         raise AirflowSkipException(f"no new or changed extract in {settings.dataset_dir}")
     log.info("new or changed extracts: %s", ", ".join(changed))

@@ -129,7 +129,8 @@ def load_source(
         conn.commit()
         result = LoadResult(source.name, source.file, "failed")
         try:
-            result.checksum = file_checksum(path) if path.exists() else ""
+            # Whether to load at all; the checksum recorded is the load's own (below).
+            result.checksum = file_checksum(path) if path.exists() and not force else ""
             if not force and _unchanged(conn, source, result.checksum):
                 result.status = "skipped"
                 log.info(
@@ -142,6 +143,8 @@ def load_source(
                 extract = open_extract(source, path)
                 result.warnings = check_columns(source, extract)
                 result.rows, counts = _copy_and_merge(conn, source, extract, batch_id, on_progress)
+                # Of the bytes the COPY read: a file rewritten since the check above is recorded as loaded.
+                result.checksum = extract.sha256
                 vars(result).update(vars(counts))
                 log.info("%s: %s", source.file, counts)
                 result.bytes = _table_bytes(conn, source)
@@ -182,20 +185,39 @@ def _unchanged(conn: psycopg.Connection, source: Source, checksum: str) -> bool:
     return row is not None
 
 
-def changed_sources(url: str, dataset_dir: Path, sources: tuple[Source, ...] = SOURCES) -> list[str]:
+def changed_sources(
+    url: str, dataset_dir: Path, sources: tuple[Source, ...] = SOURCES, *, stable_seconds: float = 0
+) -> list[str]:
     """Sources whose file differs from its last successful load (new, changed, or never loaded).
 
     The same test `load_source` uses to skip a file, so a watcher that triggers the ingest on this
     list triggers it exactly when the ingest would load something. Missing files are not changes.
+    With `stable_seconds`, only files whose size and modification time did not move between two
+    looks that far apart count: a file still being copied into the folder waits for the next round.
     """
+    present = [s for s in sources if (dataset_dir / s.file).exists()]
+    if stable_seconds > 0:
+        first = {s.name: _file_state(dataset_dir / s.file) for s in present}
+        time.sleep(stable_seconds)
+        moving = [s for s in present if _file_state(dataset_dir / s.file) != first[s.name]]
+        for source in moving:
+            log.info("%s is still being written (size or mtime moved): left for the next look", source.file)
+        present = [s for s in present if s not in moving]
     with psycopg.connect(url) as conn:
         ensure_raw_schema(conn)
         return [
             source.name
-            for source in sources
-            if (dataset_dir / source.file).exists()
-            and not _unchanged(conn, source, file_checksum(dataset_dir / source.file))
+            for source in present
+            if not _unchanged(conn, source, file_checksum(dataset_dir / source.file))
         ]
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def check_columns(source: Source, extract: Extract) -> list[str]:

@@ -7,12 +7,18 @@ that line back into a place in the original file (a CSV line, a sheet row,
 a Parquet row, a JSON row key) for the error message.
 
 CSV files are not parsed in Python at all: their bytes go to COPY as they are,
-which is what makes the CSV path run close to `psql \\copy`.
+which is what makes the CSV path run close to `psql \\copy`. A CSV file must end
+with a line break: one that ends in the middle of a line is incomplete (still
+being copied, or cut short) and is refused.
+
+Each file is read once: the sha256 the loader records (`Extract.sha256`) is that
+of the bytes read for the load, not of a second read that may see another file.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -51,6 +57,13 @@ class Extract:
     row_label: Callable[[int], str]
     # Columns found in the file but not streamed (Parquet reads only the registry's columns).
     unread_columns: list[str] = field(default_factory=list)
+    # Fed with the file's bytes as they are read; complete once `chunks` is exhausted.
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def sha256(self) -> str:
+        """The checksum of the bytes this extract read (call it after consuming `chunks`)."""
+        return self.digest.hexdigest()
 
     @property
     def file_columns(self) -> list[str]:
@@ -63,13 +76,17 @@ def open_extract(source: Source, path: Path) -> Extract:
         raise SourceError(path.name, f"file not found in {path.parent}")
     if path.stat().st_size == 0:
         raise SourceError(path.name, "file is empty (0 bytes)")
-    opener = {
-        Format.CSV: _open_csv,
-        Format.EXCEL: _open_excel,
-        Format.PARQUET: _open_parquet,
-        Format.JSON: _open_json,
-    }[source.format]
-    return opener(source, path)
+    if source.format == Format.CSV:
+        return _open_csv(source, path)
+    # The other formats are parsed from memory (each reader holds its file's data anyway): one
+    # read, whose bytes are the ones checksummed.
+    data = path.read_bytes()
+    opener = {Format.EXCEL: _open_excel, Format.PARQUET: _open_parquet, Format.JSON: _open_json}[
+        source.format
+    ]
+    extract = opener(source, path, data)
+    extract.digest.update(data)
+    return extract
 
 
 # --- CSV: passed through untouched -------------------------------------------------------------
@@ -85,23 +102,36 @@ def _open_csv(source: Source, path: Path) -> Extract:
         raise SourceError(path.name, f"header is not UTF-8 text ({e.reason})", row="line 1") from None
     columns = next(csv.reader([text]), [])
     columns = [c.strip() for c in columns]
+    digest = hashlib.sha256(header_line)
 
     def chunks() -> Iterator[bytes]:
+        breaks, last = 1, header_line[-1:]  # line breaks so far: the header's
         with f:
             while block := f.read(CHUNK_BYTES):
+                digest.update(block)
+                breaks += block.count(b"\n")
+                last = block[-1:]
                 yield block
+        if last != b"\n":
+            # Raised into the COPY, which fails: nothing of the file is loaded.
+            raise SourceError(
+                path.name,
+                "the file ends in the middle of this line (no line break after it): it is incomplete,"
+                " perhaps still being copied; load it once it is complete",
+                row=f"line {breaks + 1}",
+            )
 
-    return Extract(columns, chunks(), lambda n: f"line {n + 1}")
+    return Extract(columns, chunks(), lambda n: f"line {n + 1}", digest=digest)
 
 
 # --- Excel ------------------------------------------------------------------------------------
 
 
-def _open_excel(source: Source, path: Path) -> Extract:
+def _open_excel(source: Source, path: Path, data: bytes) -> Extract:
     from python_calamine import CalamineWorkbook
 
     try:
-        workbook = CalamineWorkbook.from_path(str(path))
+        workbook = CalamineWorkbook.from_filelike(io.BytesIO(data))
         # The sheet the real extracts use; a user's copy with another sheet name still loads its first sheet.
         name = source.sheet if source.sheet in workbook.sheet_names else workbook.sheet_names[0]
         sheet = workbook.get_sheet_by_name(name)
@@ -121,9 +151,9 @@ def _open_excel(source: Source, path: Path) -> Extract:
 # --- Parquet ----------------------------------------------------------------------------------
 
 
-def _open_parquet(source: Source, path: Path) -> Extract:
+def _open_parquet(source: Source, path: Path, data: bytes) -> Extract:
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(path.name, f"not a readable Parquet file ({e})") from None
     available = parquet.schema_arrow.names
@@ -147,10 +177,9 @@ def _open_parquet(source: Source, path: Path) -> Extract:
 # --- JSON (pandas "columns" orient) ------------------------------------------------------------
 
 
-def _open_json(source: Source, path: Path) -> Extract:
+def _open_json(source: Source, path: Path, raw: bytes) -> Extract:
     try:
-        with path.open("rb") as f:
-            data = json.load(f)
+        data = json.loads(raw)
     except UnicodeDecodeError as e:
         raise SourceError(path.name, f"not UTF-8 text ({e.reason})") from None
     except json.JSONDecodeError as e:

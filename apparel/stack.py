@@ -1,7 +1,8 @@
 """The whole stack on one machine: `make up` / `make down` / `make status` / `make logs`.
 
 The warehouse PostgreSQL is started first (`apparel db start`: a daemon shared with `make run`),
-then honcho supervises every other service from the repository's `Procfile`:
+then supervisord (the `supervisor` package) runs every other service, and restarts one that exits
+while the others keep running:
 
 | service               | what                                        | health check                     |
 | --------------------- | ------------------------------------------- | -------------------------------- |
@@ -14,16 +15,21 @@ then honcho supervises every other service from the repository's `Procfile`:
 | stream                | `apparel stream`: the shop's CDC stream     | its replication slot is active   |
 | simulator             | `apparel simulate` (only with SIMULATE=1)   | the store got an order recently  |
 
-Each Procfile line is `python -m apparel.stack run <service>`: the environment and the command of a
-service are computed here (and nowhere else), so honcho, Docker Compose and people agree. Airflow's
+Each service's command is `python -m apparel.stack run <service>`: the environment and the command
+of a service are computed here (and nowhere else), so supervisord, Docker Compose and people agree.
+supervisord's configuration is written from this module at each `make up`
+(`STATE_DIR/stack/supervisord.conf`); a service that exits is started again at once, one that
+exits within `START_SECONDS` of its start is retried `START_RETRIES` times with a growing delay
+(supervisord's backoff: 1 s, 2 s, 3 s, ...), then left FATAL (`make status` shows it). Airflow's
 settings come from `apparel.airflow_env.airflow_env()` plus the stack's overrides: metadata in an
 `airflow` database on the warehouse server, LocalExecutor, SimpleAuthManager with the login from
 `.env`, and secrets (fernet key, JWT secret, API secret) generated once into `.env` and shared by
 every component.
 
 Each service records its pid (`STATE_DIR/stack/pids/`): `status` sums the memory of each service's
-process tree, and `down` stops honcho (SIGTERM, 30 s grace, then SIGKILL), then any process of those
-trees still alive: Airflow's task processes start their own sessions, out of honcho's reach. Every
+process tree and asks supervisord for its state, uptime and restarts; `down` stops supervisord
+(SIGTERM: it stops each service's process group, 30 s grace, then SIGKILL), then any process of
+those trees still alive: Airflow's task processes start their own sessions, out of its reach. Every
 process also carries `APPAREL_STACK_ID` in its environment as a second net for that sweep.
 """
 
@@ -41,6 +47,7 @@ import subprocess
 import sys
 import time
 import uuid
+import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,11 +67,15 @@ from apparel.config import (
 
 log = logging.getLogger(__name__)
 
-PROCFILE = PROJECT_ROOT / "Procfile"
 VENV_BIN = Path(sys.executable).parent
-# Seconds honcho waits after SIGTERM before it SIGKILLs a service (honcho's own default is 5 s, too
-# short for the scheduler to let running tasks finish and mark them in the metadata database).
+# Seconds supervisord waits after SIGTERM before it SIGKILLs a service (its default, 10 s, is short
+# for the scheduler to let running tasks finish and mark them in the metadata database).
 STOP_GRACE_SECONDS = 30
+# A service that exits sooner than this after its start failed to start: supervisord retries it
+# START_RETRIES times, waiting 1 s longer each time, then gives up on it (FATAL). One that ran longer
+# is restarted whenever it exits.
+START_SECONDS = 10
+START_RETRIES = 5
 AIRFLOW_DATABASE = "airflow"
 STACK_ID_VAR = "APPAREL_STACK_ID"
 SERVICE_VAR = "APPAREL_STACK_SERVICE"
@@ -105,12 +116,26 @@ class StackSettings:
 
     @property
     def run_dir(self) -> Path:
-        """honcho's pid file, the stack's log and its record of what runs."""
+        """supervisord's configuration, socket, pid file and log, the services' logs, the stack's
+        record of what runs."""
         return self.state_dir / "stack"
 
     @property
     def pid_file(self) -> Path:
-        return self.run_dir / "honcho.pid"
+        return self.run_dir / "supervisord.pid"
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.run_dir / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run_dir / "supervisord.sock"
+
+    @property
+    def logs_dir(self) -> Path:
+        """One log per service (`make logs` follows them all)."""
+        return self.run_dir / "logs"
 
     @property
     def record_file(self) -> Path:
@@ -118,7 +143,8 @@ class StackSettings:
 
     @property
     def log_file(self) -> Path:
-        return self.run_dir / "stack.log"
+        """supervisord's own log: services started, exited, restarted."""
+        return self.run_dir / "supervisord.log"
 
     @property
     def airflow_host(self) -> str:
@@ -275,9 +301,28 @@ def _exec(argv: list[str], env: dict[str, str], service: str, cwd: Path | None =
     os.execve(argv[0], argv, env)
 
 
+def _end_leftovers(pid_file: Path) -> None:
+    """Before a service starts again: end what its previous run left. A service killed with SIGKILL
+    leaves its children running (a uvicorn or gunicorn worker, the scheduler's log server), which
+    may hold its port. supervisord makes each service the leader of its own process group, so the
+    old pid names that group; the group is the old run's when its leader is gone (a group id is not
+    given to a new process while any member of the group lives)."""
+    try:
+        old = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    if old == os.getpid() or psutil.pid_exists(old):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(old, signal.SIGKILL)
+        log.warning("ended what the previous run of this service left (process group %d)", old)
+
+
 def run_service(name: str) -> None:
-    """The Procfile's command: prepare the service when it needs it, then exec it in the foreground."""
+    """A service's command (`service_command`): prepare the service when it needs it, then exec it in
+    the foreground (supervisord or Docker Compose supervises it)."""
     st = stack_settings()
+    _end_leftovers(service_pid_file(st, name))
     if name in AIRFLOW_SERVICES:
         from apparel.airflow_env import AIRFLOW
 
@@ -320,7 +365,7 @@ def _service_env() -> dict[str, str]:
 
 
 def _run_superset(st: StackSettings) -> None:
-    """Prepare Superset as `make superset` does, then run gunicorn in the foreground under honcho."""
+    """Prepare Superset as `make superset` does, then run gunicorn in the foreground (supervised)."""
     from apparel import superset_setup as sup
 
     settings = st.settings
@@ -425,19 +470,123 @@ def service_checks(st: StackSettings, services: list[str]) -> dict[str, Callable
 # ------------------------------------------------------------------------------------------ processes
 
 
-def honcho_pid(st: StackSettings) -> int | None:
-    """honcho's pid when the stack runs; a stale pid file is removed."""
+def supervisor_pid(st: StackSettings) -> int | None:
+    """supervisord's pid when the stack runs; a stale pid file is removed."""
     try:
         pid = int(st.pid_file.read_text().strip())
         proc = psutil.Process(pid)
-        cmdline = " ".join(proc.cmdline())
-        supervisor = "apparel.stack supervise" in cmdline or "honcho" in cmdline
-        if supervisor and proc.status() != psutil.STATUS_ZOMBIE:
+        if "supervisord" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
             return pid
     except (FileNotFoundError, ValueError, psutil.Error):
         pass
     st.pid_file.unlink(missing_ok=True)
     return None
+
+
+def service_command(name: str) -> list[str]:
+    """The command of a service, as supervisord and Docker Compose run it (`python` of the venv)."""
+    return ["python", "-m", "apparel.stack", "run", name]
+
+
+def _ini(value: object) -> str:
+    """A value for supervisord's configuration: it expands %(name)s in some options and not in others,
+    and a line break would start another option, so neither may reach it (paths come from settings)."""
+    text = str(value)
+    if "%" in text or "\n" in text or "\r" in text:
+        raise ValueError(f"{text!r}: supervisord cannot take a % or a line break here; change STATE_DIR")
+    return text
+
+
+def write_supervisor_config(st: StackSettings, services: list[str]) -> Path:
+    """supervisord's configuration for these services (rewritten at each start: edit this code)."""
+    run = st.run_dir
+    sections = {
+        "supervisord": {
+            "nodaemon": "true",  # `make up` starts it in its own session and records its pid
+            "silent": "true",
+            "logfile": st.log_file,
+            "pidfile": st.pid_file,
+            "childlogdir": st.logs_dir,
+            "directory": PROJECT_ROOT,
+        },
+        # The control socket, for `make status` and supervisorctl; only its owner may use it.
+        "unix_http_server": {"file": st.supervisor_socket, "chmod": "0700"},
+        "rpcinterface:supervisor": {
+            "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"
+        },
+        "supervisorctl": {"serverurl": f"unix://{st.supervisor_socket}"},
+    }
+    for name in services:
+        sections[f"program:{name}"] = {
+            "command": " ".join([str(VENV_BIN / "python"), *service_command(name)[1:]]),
+            "autorestart": "true",
+            "startsecs": START_SECONDS,
+            "startretries": START_RETRIES,
+            "stopsignal": "TERM",
+            "stopwaitsecs": STOP_GRACE_SECONDS,
+            # Signals go to the service's whole process group (gunicorn's workers, dbt, ...).
+            "stopasgroup": "true",
+            "killasgroup": "true",
+            "redirect_stderr": "true",
+            "stdout_logfile": st.logs_dir / f"{name}.log",
+            "stdout_logfile_maxbytes": "50MB",
+            "stdout_logfile_backups": "2",
+        }
+    lines = ["; Written by apparel/stack.py at each `make up`: change the code, not this file."]
+    for section, options in sections.items():
+        lines += ["", f"[{section}]", *(f"{key} = {_ini(value)}" for key, value in options.items())]
+    run.mkdir(parents=True, exist_ok=True)
+    st.logs_dir.mkdir(parents=True, exist_ok=True)
+    st.supervisor_conf.write_text("\n".join(lines) + "\n")
+    return st.supervisor_conf
+
+
+def start_supervisor(st: StackSettings, services: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """supervisord in its own session, running `services`; its pid is the stack's."""
+    conf = write_supervisor_config(st, services)
+    # Restarts are counted from this log (`spawned:` lines): a new one for each start.
+    if st.log_file.exists():
+        st.log_file.replace(st.log_file.with_suffix(".log.1"))
+    with st.log_file.open("a") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "supervisord"), "-c", str(conf)],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    st.pid_file.write_text(f"{proc.pid}\n")
+    return proc
+
+
+def supervisor_rpc(st: StackSettings):
+    """supervisord's XML-RPC interface over its unix socket (what supervisorctl uses)."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{st.supervisor_socket}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+
+def process_info(st: StackSettings) -> dict[str, dict]:
+    """supervisord's view of each service: state, pid, uptime (s), restarts since `make up`."""
+    try:
+        infos = supervisor_rpc(st).getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error):
+        return {}
+    log = st.log_file.read_text(errors="replace") if st.log_file.exists() else ""
+    result = {}
+    for info in infos:
+        name = info["name"]
+        spawned = log.count(f"spawned: '{name}' with pid")
+        result[name] = {
+            "state": info["statename"],
+            "pid": info["pid"],
+            "uptime_s": info["now"] - info["start"] if info["statename"] == "RUNNING" else 0,
+            "restarts": max(spawned - 1, 0),
+        }
+    return result
 
 
 def service_pid_file(st: StackSettings, service: str) -> Path:
@@ -518,10 +667,10 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _start_warehouse(settings: Settings) -> None:
-    from apparel.embedded_pg import EmbeddedServer, wait_until_ready
+    from apparel.embedded_pg import EmbeddedServer, slot_wal_keep_mb, wait_until_ready
 
     if settings.embedded:
-        EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port).start(
+        EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port, slot_wal_keep_mb(settings)).start(
             databases=(EMBEDDED_DATABASE, AIRFLOW_DATABASE)
         )
     else:
@@ -653,8 +802,8 @@ def up(services: list[str] | None = None, timeout: float = 300) -> int:
     """Start the stack and return once every service answers its health check."""
     began = time.monotonic()
     st = stack_settings()
-    if pid := honcho_pid(st):
-        print(f"the stack is already running (honcho pid {pid}); nothing changed. `make down` stops it.")
+    if pid := supervisor_pid(st):
+        print(f"the stack is already running (supervisord pid {pid}); nothing changed. `make down` stops it.")
         status()
         return 0
     services = list(services or default_services(st))
@@ -672,36 +821,17 @@ def up(services: list[str] | None = None, timeout: float = 300) -> int:
     prepare(st)
 
     stack_id = uuid.uuid4().hex
-    honcho_env = {
+    supervisor_env = {
         **os.environ,
         **{k: v for k, v in st.settings.values.items() if k in ("STATE_DIR", "PG_PORT", "WAREHOUSE_URL")},
         STACK_ID_VAR: stack_id,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
     }
-    # honcho reads `.env` into the processes' environment by default, over the environment we pass:
-    # an empty file instead, since each service reads its settings itself (environment first, .env second).
-    empty_env = st.run_dir / "honcho.env"
-    empty_env.write_text("# empty on purpose: services read .env themselves (apparel.config)\n")
-    cmd = [sys.executable, "-m", "apparel.stack", "supervise"]
-    cmd += ["-f", str(PROCFILE), "-d", str(PROJECT_ROOT), "-e", str(empty_env)]
-    cmd += ["start", *services]
-    with st.log_file.open("a") as out:
-        out.write(f"\n--- make up {datetime.now(UTC).isoformat()} ---\n")
-        out.flush()
-        proc = subprocess.Popen(
-            cmd,
-            env=honcho_env,
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    st.pid_file.write_text(f"{proc.pid}\n")
+    proc = start_supervisor(st, services, supervisor_env)
     record = {
         "stack_id": stack_id,
-        "honcho_pid": proc.pid,
+        "supervisor_pid": proc.pid,
         "services": services,
         "started_at": datetime.now(UTC).isoformat(),
     }
@@ -715,7 +845,16 @@ def up(services: list[str] | None = None, timeout: float = 300) -> int:
         if proc.poll() is not None:
             tail = "\n".join(st.log_file.read_text().splitlines()[-30:])
             down()
-            raise RuntimeError(f"a service exited during start-up (see {st.log_file}):\n{tail}")
+            raise RuntimeError(f"supervisord exited during start-up (see {st.log_file}):\n{tail}")
+        # A service that keeps failing to start (supervisord gave up on it) will not become healthy.
+        failed = [name for name, info in process_info(st).items() if info["state"] == "FATAL"]
+        if failed:
+            service_log = st.logs_dir / f"{failed[0]}.log"
+            tail = "\n".join(service_log.read_text(errors="replace").splitlines()[-30:])
+            down()
+            raise RuntimeError(
+                f"{failed[0]} failed to start {START_RETRIES + 1} times (see {service_log}):\n{tail}"
+            )
         for name, check in list(pending.items()):
             ok, detail = check()
             last[name] = detail
@@ -784,15 +923,15 @@ def print_urls(st: StackSettings, services: list[str]) -> None:
 
 
 def down(timeout: float = 60) -> int:
-    """Stop honcho (it stops its services' process groups), then anything of the stack still alive."""
+    """Stop supervisord (it stops its services' process groups), then anything of the stack still alive."""
     st = stack_settings()
     record = read_record(st)
-    pid = honcho_pid(st)
+    pid = supervisor_pid(st)
     if pid is None and not record:
         print("the stack is not running")
         return 0
     # Everything the stack runs, taken before stopping it: Airflow's task processes start their own
-    # sessions, so honcho's SIGTERM to each service's process group does not reach them.
+    # sessions, so supervisord's SIGTERM to each service's process group does not reach them.
     tree: list[psutil.Process] = []
     if pid:
         with contextlib.suppress(psutil.Error):
@@ -825,23 +964,28 @@ def down(timeout: float = 60) -> int:
 
 
 def status() -> int:
-    """Each service: running, healthy, memory. Exit 3 when the stack is not (fully) up."""
+    """Each service: supervisord's state, uptime and restarts, processes, memory, health. Exit 3 when
+    the stack is not (fully) up."""
     from rich.console import Console
     from rich.table import Table
 
     st = stack_settings()
     record = read_record(st)
-    pid = honcho_pid(st)
+    pid = supervisor_pid(st)
     console = Console(width=None if sys.stdout.isatty() else 160)
     if pid is None:
         console.print("the stack is not running (`make up` starts it)")
         return 3
     services = record.get("services", list(ALL_SERVICES))
     rss = service_rss(st, services)
+    supervised = process_info(st)
     health = {name: check() for name, check in service_checks(st, services).items()}
-    table = Table(title=f"the stack (honcho pid {pid}, since {record.get('started_at', '?')})")
+    table = Table(title=f"the stack (supervisord pid {pid}, since {record.get('started_at', '?')})")
     for column, justify in (
         ("service", "left"),
+        ("state", "left"),
+        ("uptime", "right"),
+        ("restarts", "right"),
         ("processes", "right"),
         ("RSS MB", "right"),
         ("health", "left"),
@@ -849,30 +993,48 @@ def status() -> int:
         table.add_column(column, justify=justify)
     all_ok = True
     wh = warehouse_rss(st)
-    table.add_row("warehouse", "", f"{wh / 2**20:.0f}" if wh else "", st.settings.warehouse_url)
+    table.add_row("warehouse", "", "", "", "", f"{wh / 2**20:.0f}" if wh else "", st.settings.warehouse_url)
+    supervisor_mb = 0.0
+    with contextlib.suppress(psutil.Error):
+        supervisor_mb = psutil.Process(pid).memory_info().rss / 2**20
+    table.add_row("supervisord", "RUNNING", "", "", "1", f"{supervisor_mb:.0f}", "")
     for name in services:
         key = "airflow" if name in AIRFLOW_SERVICES else name
         ok, detail = health.get(key, (False, "?"))
         count, total = rss[name]
-        all_ok &= ok and count > 0
+        info = supervised.get(name, {"state": "?", "uptime_s": 0, "restarts": 0})
+        running = info["state"] == "RUNNING" and count > 0
+        all_ok &= ok and running
         table.add_row(
             name,
+            ("[green]" if running else "[red]") + info["state"],
+            _duration(info["uptime_s"]) if running else "",
+            str(info["restarts"]),
             str(count),
             f"{total / 2**20:.0f}",
-            ("[green]" if ok and count else "[red]") + (detail if count else "not running"),
+            ("[green]" if ok and running else "[red]") + (detail if count else "not running"),
         )
-    total = sum(t for _, t in rss.values()) + wh
-    table.add_row("total", "", f"{total / 2**20:.0f}", "")
+    total = sum(t for _, t in rss.values()) + wh + supervisor_mb * 2**20
+    table.add_row("total", "", "", "", "", f"{total / 2**20:.0f}", "")
     console.print(table)
     return 0 if all_ok else 3
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 def logs(lines: int = 50) -> int:
+    """Follow supervisord's log and every service's (tail prints each file's name before its lines)."""
     st = stack_settings()
     if not st.log_file.exists():
         print("no stack log yet (`make up` writes it)")
         return 1
-    os.execvp("tail", ["tail", "-n", str(lines), "-F", str(st.log_file)])
+    services = [st.logs_dir / f"{name}.log" for name in read_record(st).get("services", ALL_SERVICES)]
+    files = [str(st.log_file), *(str(p) for p in services if p.exists())]
+    os.execvp("tail", ["tail", "-n", str(lines), "-F", *files])
     return 0
 
 
@@ -890,7 +1052,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("status", help="each service: processes, memory, health")
     p = sub.add_parser("logs", help="follow the services' log")
     p.add_argument("-n", "--lines", type=int, default=50)
-    p = sub.add_parser("run", help="run one service in the foreground (the Procfile's command)")
+    p = sub.add_parser("run", help="run one service in the foreground (what supervisord runs)")
     p.add_argument("service", choices=ALL_SERVICES)
     p = sub.add_parser("check", help="one service's health check, as an exit code")
     p.add_argument("service", choices=ALL_SERVICES)
@@ -929,20 +1091,8 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
 
 
-def supervise(argv: list[str]) -> int:
-    """honcho's command line, with a longer grace period between SIGTERM and SIGKILL."""
-    import honcho.command
-    import honcho.manager
-
-    honcho.manager.KILL_WAIT = STOP_GRACE_SECONDS
-    honcho.command.main(argv)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["supervise"]:
-        return supervise(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m apparel.stack", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -182,7 +182,8 @@ _STREAM_TABLES: dict[str, tuple[str, ...]] = {
         "apply_ms double precision not null",
         "lag_ms double precision[] not null",
     ),
-    # Changes the warehouse could not take, with the reason; the stream goes on without them.
+    # Changes whose data the warehouse refused (SQLSTATE classes 22, 23), with the reason; the stream
+    # goes on without them, `apparel stream replay` applies them again after a fix.
     "_dead_letters": (
         "id bigint generated always as identity primary key",
         "received_at timestamptz not null default now()",
@@ -193,6 +194,15 @@ _STREAM_TABLES: dict[str, tuple[str, ...]] = {
         "row_key text",
         "row_data jsonb",
         "reason text not null",
+    ),
+    # The error that stopped the stream from applying (not about a row: a privilege, a missing table,
+    # a schema change it cannot follow), one row per slot; the stream kept its position and retries.
+    # Cleared by the first batch it applies after the fix. The health check turns red while it is set.
+    "_stream_errors": (
+        "slot_name text primary key",
+        "lsn pg_lsn not null",
+        "failed_at timestamptz not null",
+        "error text not null",
     ),
 }
 

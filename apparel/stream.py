@@ -18,8 +18,16 @@ missing; no triggers, no polling). How it stays exactly-once:
   commit, and on restart the stream resumes from `_stream_state`, skipping any transaction that
   ends at or before it: killed at any instant, nothing is lost and nothing is applied twice.
 * Inserts and updates become upserts, deletes tombstones (`_deleted_at`, the row is kept). A change
-  the warehouse cannot take goes to `raw_store._dead_letters` with the reason; the rest goes on.
+  whose data the warehouse refuses (SQLSTATE classes 22 and 23: a bad value, a constraint) goes to
+  `raw_store._dead_letters` with the reason, and the rest goes on; `apparel stream replay` applies
+  the dead letters again after a fix. Any other error (a privilege, a missing table, a schema change
+  the mirror cannot follow) is not about a row: the stream stops applying, keeps its position,
+  records the error in `raw_store._stream_errors` (the health check turns red) and retries from
+  that position with backoff until the cause is fixed. A column added to a shop table is added to
+  the mirror (`apparel.mirror_schema`).
 * A dropped store or warehouse connection is retried with backoff, resuming from `_stream_state`.
+* A slot the server invalidated (`wal_status = 'lost'`, beyond `max_slot_wal_keep_size`) is
+  dropped and made again, and the tables copied again, merging (see above): no delete is lost.
 """
 
 from __future__ import annotations
@@ -42,6 +50,13 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from apparel import pgoutput
+from apparel.mirror_schema import (
+    SchemaChanged,
+    add_columns,
+    check_relation,
+    mirror_column_types,
+    store_column_types,
+)
 from apparel.pgoutput import UNCHANGED, format_lsn, parse_lsn
 from apparel.store import MIRROR_SCHEMA, STORE_TABLES, STORE_TABLES_BY_NAME, StoreTable, ensure_mirror
 
@@ -55,6 +70,14 @@ DEFAULT_WAL_WARN_MB = 1024
 PROGRESS_INTERVAL_S = 10.0
 MAX_BACKOFF_S = 5.0
 GIVE_UP_AFTER_S = 60.0
+# A stream stopped by an error that is not about a row's data retries this often at most (from 5 s):
+# someone has to fix something first, and each attempt decodes the failing batch again.
+MAX_HALT_BACKOFF_S = 60.0
+# `apparel stream status` (and the stack's health) turn red when no stream has read the slot this long.
+DEFAULT_INACTIVE_WARN_S = 300
+# PostgreSQL's SQLSTATE classes of errors about the data itself: 22 data exception (a bad value),
+# 23 integrity constraint violation. Only those make a change a dead letter.
+DATA_ERROR_CLASSES = ("22", "23")
 
 # Both sessions speak ISO dates and UTC, so pgoutput's text values read back the same in the warehouse.
 _SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3"
@@ -64,10 +87,20 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _TRANSIENT = (psycopg.OperationalError, psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
+def is_data_error(error: BaseException) -> bool:
+    """An error about one row's data (SQLSTATE class 22 or 23), as opposed to about the warehouse."""
+    state = getattr(error, "sqlstate", None) or ""
+    return isinstance(error, psycopg.Error) and state[:2] in DATA_ERROR_CLASSES
+
+
 def _is_transient(error: BaseException) -> bool:
-    # psycopg2 reports a connection lost mid-stream as a bare DatabaseError without SQLSTATE.
-    return isinstance(error, _TRANSIENT) or (
-        type(error) is psycopg2.DatabaseError and getattr(error, "pgcode", None) is None
+    # psycopg2 reports a connection lost mid-stream as a bare DatabaseError without SQLSTATE; a slot
+    # still held by a predecessor's walsender at START_REPLICATION is 55006 (object in use).
+    code = getattr(error, "pgcode", None)
+    return (
+        isinstance(error, _TRANSIENT)
+        or (type(error) is psycopg2.DatabaseError and code is None)
+        or (isinstance(error, psycopg2.Error) and code == "55006")
     )
 
 
@@ -150,7 +183,7 @@ def _check_wal_level(store: psycopg.Connection) -> None:
 
 def _slot(store: psycopg.Connection, slot: str) -> tuple | None:
     return store.execute(
-        "select plugin, database, active, active_pid, confirmed_flush_lsn::text"
+        "select plugin, database, active, active_pid, confirmed_flush_lsn::text, wal_status"
         " from pg_replication_slots where slot_name = %s",
         (slot,),
     ).fetchone()
@@ -175,21 +208,6 @@ def _stream_state(warehouse: psycopg.Connection, slot: str) -> int | None:
     ).fetchone()
     warehouse.commit()
     return parse_lsn(row[0]) if row else None
-
-
-def _mirror_columns(warehouse: psycopg.Connection) -> dict[str, list[str]]:
-    """The store columns each mirror table has (the warehouse's own, so a column added there is used)."""
-    rows = warehouse.execute(
-        "select table_name, column_name from information_schema.columns"
-        " where table_schema = %s and column_name not like '\\_%%' order by ordinal_position",
-        (MIRROR_SCHEMA,),
-    ).fetchall()
-    warehouse.commit()
-    columns: dict[str, list[str]] = {t.name: [] for t in STORE_TABLES}
-    for table, column in rows:
-        if table in columns:
-            columns[table].append(column)
-    return columns
 
 
 @dataclass
@@ -334,7 +352,7 @@ def _copy_initial(
     snapshot: str,
     consistent_point: int,
     slot: str,
-    mirror_columns: dict[str, list[str]],
+    mirror_columns: dict[str, dict[str, str]],
 ) -> CopyCounts:
     """Copy the three tables at the slot's snapshot into raw_store, with the state row, in one
     transaction: straight into an empty mirror table, merged into one that has rows."""
@@ -353,7 +371,9 @@ def _copy_initial(
             ).fetchone()
             params = {"lsn": lsn, "synced_at": synced_at, "batch_id": batch_id, "copy_time": copy_time}
             for table in STORE_TABLES:
-                columns = [c for c in table.column_names if c in mirror_columns[table.name]]
+                # The mirror's columns the store still has (one the store lost stays null in the mirror).
+                in_store = store_column_types(store, table.name)
+                columns = [c for c in mirror_columns[table.name] if c in in_store]
                 has_rows = warehouse.execute(
                     sql.SQL("select exists (select from {})").format(
                         sql.Identifier(MIRROR_SCHEMA, table.name)
@@ -399,12 +419,9 @@ class _Rel:
     """A store relation as the last Relation message described it, mapped onto its mirror."""
 
     table: str | None  # mirror table name; None when the relation is not one of the shop's tables
-    columns: tuple[str, ...]  # the relation's columns the mirror has
-    keep: tuple[int, ...] | None  # indices of those columns when the relation has others; None = all
-    unknown: tuple[str, ...]  # the relation's columns the mirror lacks
+    columns: tuple[str, ...]  # the relation's columns (all of them in the mirror: see _map_relation)
     full_identity: bool
     raw_key_index: int  # index of the key in the relation's own columns
-    unknown_idx: tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -414,7 +431,6 @@ class _Change:
     key: bytes | None
     columns: tuple[str, ...]
     values: tuple | None  # None: a delete that carries only the key
-    reason: str = ""  # set when the change cannot go to the warehouse (dead letter)
 
 
 @dataclass(slots=True)
@@ -455,11 +471,10 @@ def _text(value) -> str | None:
     return value.decode(errors="replace")
 
 
-def _collapse(txns: list[_Txn]) -> tuple[list[dict | tuple], list[_DeadLetter]]:
+def _collapse(txns: list[_Txn]) -> list[dict | tuple]:
     """Per (table, key) the last state, in segments separated by truncates (which apply in order)."""
     segments: list[dict | tuple] = []
     entries: dict[tuple[str, bytes], _Entry] = {}
-    dead: list[_DeadLetter] = []
     for txn in txns:
         lsn = format_lsn(txn.end_lsn)
         for change in txn.changes:
@@ -468,9 +483,6 @@ def _collapse(txns: list[_Txn]) -> tuple[list[dict | tuple], list[_DeadLetter]]:
                     segments.append(entries)
                     entries = {}
                 segments.append((TRUNCATE, change.columns, txn.commit_time, lsn))
-                continue
-            if change.reason:
-                dead.append(_DeadLetter(change, lsn, change.reason))
                 continue
             k = (change.table, change.key)
             prev = entries.get(k)
@@ -502,7 +514,7 @@ def _collapse(txns: list[_Txn]) -> tuple[list[dict | tuple], list[_DeadLetter]]:
             )
     if entries:
         segments.append(entries)
-    return segments, dead
+    return segments
 
 
 def _copy_escape(value: bytes) -> bytes:
@@ -562,6 +574,9 @@ class _Applier:
     def __init__(self, conn: psycopg.Connection, slot: str):
         self.conn = conn
         self.slot = slot
+        # The error that stopped an earlier attempt (`_stream_errors`) is cleared by the first batch
+        # this session commits: the fault is fixed once the batch it stopped at goes through.
+        self._clear_error = True
         self._sql_cache: dict[tuple[str, tuple[str, ...]], tuple[sql.Composed, sql.Composed]] = {}
         # The session's staging tables, created once and committed (a table created inside a batch's
         # savepoint would vanish with it). LIKE copies the columns and types, not the warehouse-side
@@ -631,28 +646,36 @@ class _Applier:
         return groups
 
     def _apply_segment(self, entries: dict, params: dict, dead: list[_DeadLetter]) -> None:
+        # Only an error about a row's data makes dead letters; any other (a privilege, a missing table,
+        # a lost connection) is raised: the batch rolls back and the position stays where it was.
         for (table, columns, present), group in self._groups(entries.values()).items():
             try:
                 with self.conn.transaction():
                     self._apply_group(table, columns, present, group, params)
                 continue
-            except psycopg.OperationalError:
-                raise
             except psycopg.Error as e:
+                if not is_data_error(e):
+                    raise
                 log.warning(
                     "set-based apply of %d %s rows failed (%s); retrying row by row",
                     len(group),
                     table,
-                    _reason(e),
+                    error_reason(e),
                 )
             for entry in group:
                 try:
                     with self.conn.transaction():
                         self._apply_group(table, columns, present, [entry], params)
-                except psycopg.OperationalError:
-                    raise
                 except psycopg.Error as e:
-                    dead.append(_DeadLetter(entry, entry.lsn, _reason(e)))
+                    if not is_data_error(e):
+                        raise
+                    dead.append(_DeadLetter(entry, entry.lsn, error_reason(e)))
+
+    def add_columns(self, table: str, columns: dict[str, str]) -> None:
+        """A store table's new columns into its mirror and this session's staging table (one commit)."""
+        with self.conn.transaction():
+            add_columns(self.conn, table, columns, self._stage(table))
+        self._sql_cache.clear()
 
     def _truncate(self, tables: tuple[str, ...], commit_time: datetime, lsn: str, params: dict) -> None:
         for table in tables:
@@ -667,7 +690,8 @@ class _Applier:
     def apply(self, txns: list[_Txn]) -> tuple[int, list[float], int]:
         """Apply a batch in one transaction: (batch id, lag of each store transaction in ms, dead letters)."""
         started = time.perf_counter()
-        segments, dead = _collapse(txns)
+        segments = _collapse(txns)
+        dead: list[_DeadLetter] = []
         conn = self.conn
         with conn.transaction():
             batch_id, synced_at = conn.execute(
@@ -683,6 +707,8 @@ class _Applier:
                     self._apply_segment(segment, params, dead)
             if dead:
                 self._dead_letters(dead)
+            if self._clear_error:
+                conn.execute(f"delete from {MIRROR_SCHEMA}._stream_errors where slot_name = %s", (self.slot,))
             last = format_lsn(txns[-1].end_lsn)
             _write_state(conn, self.slot, last)
             commits = [t.commit_time for t in txns]
@@ -705,6 +731,7 @@ class _Applier:
                     [round(x, 1) for x in lags],
                 ),
             )
+        self._clear_error = False
         return batch_id, lags, len(dead)
 
     def _dead_letters(self, dead: list[_DeadLetter]) -> None:
@@ -737,7 +764,7 @@ def _row_json(change: _Change | _Entry) -> dict | None:
     return {c: _text(v) for c, v in zip(change.columns, change.values, strict=False)}
 
 
-def _reason(error: psycopg.Error) -> str:
+def error_reason(error: psycopg.Error) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     state = getattr(error, "sqlstate", None)
     return f"{first} (SQLSTATE {state})" if state else first
@@ -755,25 +782,22 @@ class _SlotBusy(RuntimeError):
     """The slot is still held by another walsender (e.g. of a killed predecessor): retried."""
 
 
-def _map_relation(rel: pgoutput.Relation, mirror_columns: dict[str, list[str]]) -> _Rel:
+def _map_relation(rel: pgoutput.Relation, mirror_columns: dict[str, dict[str, str]]) -> _Rel:
+    """The relation onto its mirror table, whose columns `_Stream._relation` has made the same."""
     table = rel.name if rel.namespace == "public" and rel.name in STORE_TABLES_BY_NAME else None
     if table is None:
-        return _Rel(None, (), None, (), False, -1, ())
-    known = set(mirror_columns[table])
-    keep = tuple(i for i, c in enumerate(rel.columns) if c in known)
+        return _Rel(None, (), False, -1)
     key = STORE_TABLES_BY_NAME[table].primary_key
     if key not in rel.columns:
-        raise RuntimeError(f"store table {table} has no column {key} any more; the mirror needs one")
-    unknown_idx = tuple(i for i, c in enumerate(rel.columns) if c not in known)
-    columns = tuple(rel.columns[i] for i in keep)
+        raise SchemaChanged(f"store table {table} has no column {key} any more; the mirror needs one")
+    missing = [c for c in rel.columns if c not in mirror_columns[table]]
+    if missing:  # _relation adds them first; a column that could not be added is not silently lost
+        raise SchemaChanged(f"{MIRROR_SCHEMA}.{table} has no column(s) {', '.join(missing)}")
     return _Rel(
         table=table,
-        columns=columns,
-        keep=keep if unknown_idx else None,
-        unknown=tuple(rel.columns[i] for i in unknown_idx),
+        columns=tuple(rel.columns),
         full_identity=rel.replica_identity == "f",
         raw_key_index=rel.columns.index(key),
-        unknown_idx=unknown_idx,
     )
 
 
@@ -804,6 +828,7 @@ class _Stream:
         self.state_lsn = 0
         self.target_lsn: int | None = None
         self.backoff = 0.5
+        self.halt_backoff = 5.0
         # A long-running stream retries for ever; a catch-up run (make run) gives up and says why.
         self.give_up_after: float | None = GIVE_UP_AFTER_S if until_caught_up else None
         self._failing_since = 0.0
@@ -827,7 +852,9 @@ class _Stream:
                 break
             except Exception as e:
                 if not (_is_transient(e) or isinstance(e, _SlotBusy)):
-                    raise
+                    if self._halt(e):
+                        break
+                    continue
                 self._failing_since = self._failing_since or time.monotonic()
                 failing = time.monotonic() - self._failing_since
                 if self.give_up_after is not None and failing > self.give_up_after:
@@ -848,32 +875,96 @@ class _Stream:
         self.stats.lsn = format_lsn(self.state_lsn)
         return self.stats
 
+    def _halt(self, error: Exception) -> bool:
+        """An error that is not about a row's data and that reconnecting does not cure: recorded in
+        `_stream_errors` (the health turns red), the position left where it was. A catch-up run
+        raises it; the long-running stream retries from its position with backoff (the fault may be
+        fixed meanwhile: a privilege granted, a column dropped from the mirror) and returns True
+        when stopped while waiting."""
+        reason = error_reason(error) if isinstance(error, psycopg.Error) else _first_line(error)
+        if isinstance(error, SchemaChanged):
+            reason = str(error)
+        message = f"stopped applying at {format_lsn(self.state_lsn)}: {reason}"
+        self._record_error(message)
+        if self.until_caught_up:
+            raise StreamError(message) from error
+        log.error("%s; retrying in %.0f s", message, self.halt_backoff)
+        self.stats.reconnects += 1
+        stopped = self.stop_event.wait(self.halt_backoff)
+        self.halt_backoff = min(self.halt_backoff * 2, MAX_HALT_BACKOFF_S)
+        return stopped
+
+    def _record_error(self, message: str) -> None:
+        try:
+            with psycopg.connect(self.warehouse_url, autocommit=True, connect_timeout=5) as conn:
+                ensure_mirror(conn)
+                conn.execute(
+                    f"insert into {MIRROR_SCHEMA}._stream_errors (slot_name, lsn, failed_at, error)"
+                    " values (%s, %s, now(), %s) on conflict (slot_name) do update"
+                    " set lsn = excluded.lsn, failed_at = excluded.failed_at, error = excluded.error",
+                    (self.slot, format_lsn(self.state_lsn), message),
+                )
+        except psycopg.Error:  # the log line says it all the same
+            log.exception("could not record the error in %s._stream_errors", MIRROR_SCHEMA)
+
     def _session(self) -> None:
         warehouse = psycopg.connect(
             self.warehouse_url, options=_SESSION_OPTIONS, application_name="apparel stream"
         )
-        repl = None
+        repl = store = None
         try:
             ensure_mirror(warehouse)
-            mirror_columns = _mirror_columns(warehouse)
+            # One stream per slot and warehouse: a second one waits (retries) while the first runs.
+            locked = warehouse.execute(
+                "select pg_try_advisory_lock(hashtext(%s))", (f"apparel stream {self.slot}",)
+            ).fetchone()[0]
+            warehouse.commit()
+            if not locked:
+                raise _SlotBusy(f"another stream on slot {self.slot} is running on this warehouse")
+            mirror_columns = mirror_column_types(warehouse)
             state = _stream_state(warehouse, self.slot)
-            with psycopg.connect(self.store_url, autocommit=True) as store:
-                _check_wal_level(store)
-                ensure_publication(store, self.publication)
-                slot = _slot(store, self.slot)
-                if slot and slot[0] != "pgoutput":
-                    raise RuntimeError(f"replication slot {self.slot} uses plugin {slot[0]}, not pgoutput")
-                if slot and state is None:
-                    # The warehouse never committed the initial copy: start over with a new snapshot.
-                    if slot[2]:
-                        raise _SlotBusy(f"replication slot {self.slot} is in use by process {slot[3]}")
-                    log.warning(
-                        "slot %s exists but the warehouse has no copy from it: dropping it", self.slot
-                    )
-                    store.execute("select pg_drop_replication_slot(%s)", (self.slot,))
-                    slot = None
-                if slot and slot[2]:
+            self.state_lsn = state or 0
+            # Kept open for the session: the store's column types when a Relation message arrives.
+            store = psycopg.connect(self.store_url, autocommit=True)
+            _check_wal_level(store)
+            ensure_publication(store, self.publication)
+            # Columns the shop added since: into the mirror before anything is copied or applied.
+            with warehouse.transaction():
+                for table in STORE_TABLES:
+                    in_store = store_column_types(store, table.name)
+                    new = {c: t for c, t in in_store.items() if c not in mirror_columns[table.name]}
+                    add_columns(warehouse, table.name, new)
+                    mirror_columns[table.name].update(new)
+            slot = _slot(store, self.slot)
+            if slot and slot[0] != "pgoutput":
+                raise RuntimeError(f"replication slot {self.slot} uses plugin {slot[0]}, not pgoutput")
+            if slot and slot[5] == "lost" and not slot[2]:
+                # Invalidated by the server (beyond max_slot_wal_keep_size): its changes are gone.
+                # A new slot and a merging copy bring the mirror back, deletes included.
+                log.warning(
+                    "slot %s was invalidated by the store's server (wal_status lost: it held back more"
+                    " than max_slot_wal_keep_size); dropping it and copying the shop tables again",
+                    self.slot,
+                )
+                store.execute("select pg_drop_replication_slot(%s)", (self.slot,))
+                slot = None
+            if slot and state is not None and slot[4] and parse_lsn(slot[4]) > state:
+                raise StreamError(
+                    f"replication slot {self.slot} has confirmed the store's changes up to {slot[4]}, but"
+                    f" the warehouse holds them only up to {format_lsn(state)} (was the warehouse restored"
+                    " from a backup?): the changes in between are no longer in the slot. To recover, drop"
+                    " the slot so that the stream copies the shop's tables again, merging into the mirror:"
+                    f" select pg_drop_replication_slot('{self.slot}') on the store"
+                )
+            if slot and state is None:
+                # The warehouse never committed the initial copy: start over with a new snapshot.
+                if slot[2]:
                     raise _SlotBusy(f"replication slot {self.slot} is in use by process {slot[3]}")
+                log.warning("slot %s exists but the warehouse has no copy from it: dropping it", self.slot)
+                store.execute("select pg_drop_replication_slot(%s)", (self.slot,))
+                slot = None
+            if slot and slot[2]:
+                raise _SlotBusy(f"replication slot {self.slot} is in use by process {slot[3]}")
             repl = _replication_connection(self.store_url)
             cur = repl.cursor()
             if slot is None:
@@ -883,6 +974,14 @@ class _Stream:
                         self.slot,
                         format_lsn(state),
                     )
+                    # The old position means nothing to the new slot. Forgotten first (committed), so
+                    # that a copy killed from here on leaves what an interrupted first copy leaves
+                    # (a slot, no position: dropped and copied again at the next start), not a new
+                    # slot ahead of an old position, which would look like a restored warehouse.
+                    with warehouse.transaction():
+                        warehouse.execute(
+                            f"delete from {MIRROR_SCHEMA}._stream_state where slot_name = %s", (self.slot,)
+                        )
                 cur.execute(f"CREATE_REPLICATION_SLOT {self.slot} LOGICAL pgoutput EXPORT_SNAPSHOT")
                 _, consistent_point, snapshot, _ = cur.fetchone()
                 start = parse_lsn(consistent_point)
@@ -915,24 +1014,47 @@ class _Stream:
             cur.send_feedback(flush_lsn=start, force=True)
             log.info("streaming from slot %s at %s", self.slot, format_lsn(start))
             self.backoff, self._failing_since = 0.5, 0.0
-            self._consume(repl, cur, _Applier(warehouse, self.slot), mirror_columns)
+            self._consume(repl, cur, _Applier(warehouse, self.slot), store, mirror_columns)
         finally:
-            for conn in (repl, warehouse):
+            for conn in (repl, store, warehouse):
                 if conn is not None:
                     try:
                         conn.close()
                     except Exception:  # closing a broken connection may raise; it is closed either way
                         log.debug("closing a connection failed", exc_info=True)
 
-    def _consume(self, repl, cur, applier: _Applier, mirror_columns: dict[str, list[str]]) -> None:
+    def _consume(
+        self, repl, cur, applier: _Applier, store, mirror_columns: dict[str, dict[str, str]]
+    ) -> None:
         # Batches are applied by one worker thread (the warehouse's work overlaps the decoding of the
         # next batch); at most one is in flight, so they commit in order, and the server is told from
         # this thread once its commit is known.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apparel-apply") as pool:
             self._pool, self._inflight = pool, None
-            self._consume_loop(repl, cur, applier, mirror_columns)
+            self._consume_loop(repl, cur, applier, store, mirror_columns)
 
-    def _consume_loop(self, repl, cur, applier: _Applier, mirror_columns: dict[str, list[str]]) -> None:
+    def _relation(self, cur, applier: _Applier, store, m, mirror_columns: dict[str, dict[str, str]]) -> _Rel:
+        """A Relation message (the first change of a table in a session, or one after its DDL):
+        columns the store added go into the mirror first; a dropped or retyped one stops applying."""
+        if m.namespace == "public" and m.name in STORE_TABLES_BY_NAME:
+            in_store = store_column_types(store, m.name)
+            # The relation as the message describes it (a column since dropped in the store has no
+            # type left in its catalog: the message's type OID names it).
+            types = {c: in_store.get(c) for c in m.columns}
+            for column, oid in zip(m.columns, m.type_oids, strict=True):
+                if types[column] is None:
+                    types[column] = store.execute("select format_type(%s, null)", (oid,)).fetchone()[0]
+            new = check_relation(m.name, types, mirror_columns[m.name])
+            if new:
+                # After the batch in flight (the apply thread's connection is this DDL's).
+                self._collect(cur, wait=True)
+                self._pool.submit(applier.add_columns, m.name, new).result()
+                mirror_columns[m.name].update(new)
+        return _map_relation(m, mirror_columns)
+
+    def _consume_loop(
+        self, repl, cur, applier: _Applier, store, mirror_columns: dict[str, dict[str, str]]
+    ) -> None:
         rels: dict[int, _Rel] = {}
         txn: _Txn | None = None
         txn_started = 0.0
@@ -1000,7 +1122,7 @@ class _Stream:
                     self._progress(now)
             elif kind == 0x52:  # Relation
                 m = decode(payload)
-                rels[m.relid] = _map_relation(m, mirror_columns)
+                rels[m.relid] = self._relation(cur, applier, store, m, mirror_columns)
             elif kind == 0x54:  # Truncate
                 m = decode(payload)
                 tables = tuple(rels[r].table for r in m.relids if rels[r].table is not None)
@@ -1011,9 +1133,7 @@ class _Stream:
     def _change(txn: _Txn, rel: _Rel, kind: int, m) -> None:
         if kind == 0x44:
             old = m.old
-            values = (
-                (old if rel.keep is None else tuple(old[i] for i in rel.keep)) if rel.full_identity else None
-            )
+            values = old if rel.full_identity else None
             txn.changes.append(_Change(rel.table, DELETE, old[rel.raw_key_index], rel.columns, values))
             return
         raw = m.new
@@ -1021,23 +1141,7 @@ class _Stream:
         if kind == 0x55 and m.old is not None and m.old[rel.raw_key_index] != key:
             # The key itself changed: the old row is gone (tombstone), the new one is upserted.
             txn.changes.append(_Change(rel.table, DELETE, m.old[rel.raw_key_index], rel.columns, None))
-        reason = ""
-        values = raw
-        if rel.keep is not None:
-            extra = [rel.unknown[n] for n, i in enumerate(rel.unknown_idx) if raw[i] is not None]
-            if extra:
-                reason = (
-                    f"column(s) {', '.join(extra)} of store table {rel.table} are not in "
-                    f"{MIRROR_SCHEMA}.{rel.table} (the store's schema changed; add them to apparel/store.py)"
-                )
-                columns = (*rel.columns, *rel.unknown)
-                values = tuple(raw[i] for i in (*rel.keep, *rel.unknown_idx))
-                txn.changes.append(
-                    _Change(rel.table, INSERT if kind == 0x49 else UPDATE, key, columns, values, reason)
-                )
-                return
-            values = tuple(raw[i] for i in rel.keep)
-        txn.changes.append(_Change(rel.table, INSERT if kind == 0x49 else UPDATE, key, rel.columns, values))
+        txn.changes.append(_Change(rel.table, INSERT if kind == 0x49 else UPDATE, key, rel.columns, raw))
 
     def _flush(self, cur, applier: _Applier, batch: list[_Txn]) -> None:
         """Hand the batch to the apply thread, once the one before it has committed."""
@@ -1157,23 +1261,53 @@ class StreamStatus:
     lag_p95_ms: float | None = None  # over the last minute
     dead_letters: int = 0
     wal_warn_mb: float = DEFAULT_WAL_WARN_MB
+    # Seconds since a stream last read the slot (PostgreSQL's inactive_since), None while one does.
+    inactive_s: float | None = None
+    inactive_warn_s: float = DEFAULT_INACTIVE_WARN_S
+    # The store server's cap on the WAL a slot may hold (max_slot_wal_keep_size), MB; -1: none.
+    wal_keep_mb: int | None = None
+    # The error that stopped the stream from applying (`_stream_errors`), and when.
+    error: str | None = None
+    error_at: datetime | None = None
 
     @property
     def warnings(self) -> list[str]:
+        """What makes the stream unhealthy, most urgent first (the stack's health shows the first)."""
+        found = []
+        if self.error:
+            found.append(f"{self.error} (since {self.error_at:%Y-%m-%d %H:%M:%S} UTC)")
         if not self.slot_exists:
-            return [
+            return found + [
                 f"replication slot {self.slot} does not exist: the stream has not run (or it was dropped)"
             ]
+        if self.wal_status == "lost":
+            found.append(
+                f"slot {self.slot} is lost: the store's server removed WAL it still needed (it held back more"
+                " than max_slot_wal_keep_size); the next `apparel stream` copies the shop's tables again,"
+                " merging, and goes on"
+            )
+        elif self.wal_status == "unreserved":
+            found.append(
+                f"slot {self.slot} holds back more WAL than max_slot_wal_keep_size: the server will"
+                " invalidate it at its next checkpoint unless a stream catches up"
+            )
         behind = max(self.wal_behind_bytes or 0, self.wal_retained_bytes or 0)
         if behind > self.wal_warn_mb * 1024 * 1024:
-            return [
+            found.append(
                 f"slot {self.slot} holds back {behind / 1024 / 1024:,.0f} MB of WAL (more than "
                 f"STREAM_WAL_WARN_MB={self.wal_warn_mb:g}): "
                 + ("the stream is behind" if self.slot_active else "no stream is reading it")
                 + "; start `apparel stream`, or if the slot is abandoned drop it:"
                 f" select pg_drop_replication_slot('{self.slot}')"
-            ]
-        return []
+            )
+        if self.inactive_s is not None and self.inactive_s > self.inactive_warn_s:
+            found.append(
+                f"no stream has read slot {self.slot} for {self.inactive_s:,.0f} s (more than"
+                f" STREAM_INACTIVE_WARN_S={self.inactive_warn_s:g}); start `apparel stream` (`make up`"
+                " runs it), or if the slot is abandoned drop it:"
+                f" select pg_drop_replication_slot('{self.slot}')"
+            )
+        return found
 
 
 def drop_slot(admin_url: str, slot: str) -> None:
@@ -1207,21 +1341,32 @@ def configured_status(settings, slot: str | None = None) -> StreamStatus:
         settings.warehouse_url,
         slot or settings.get("STREAM_SLOT", DEFAULT_SLOT),
         wal_warn_mb=float(settings.get("STREAM_WAL_WARN_MB", str(DEFAULT_WAL_WARN_MB))),
+        inactive_warn_s=float(settings.get("STREAM_INACTIVE_WARN_S", str(DEFAULT_INACTIVE_WARN_S))),
     )
 
 
 def stream_status(
-    store_url: str, warehouse_url: str, slot: str = DEFAULT_SLOT, *, wal_warn_mb: float = DEFAULT_WAL_WARN_MB
+    store_url: str,
+    warehouse_url: str,
+    slot: str = DEFAULT_SLOT,
+    *,
+    wal_warn_mb: float = DEFAULT_WAL_WARN_MB,
+    inactive_warn_s: float = DEFAULT_INACTIVE_WARN_S,
 ) -> StreamStatus:
-    status = StreamStatus(slot=slot, wal_warn_mb=wal_warn_mb)
+    status = StreamStatus(slot=slot, wal_warn_mb=wal_warn_mb, inactive_warn_s=inactive_warn_s)
     with psycopg.connect(store_url, autocommit=True) as store:
         row = store.execute(
             "select active, confirmed_flush_lsn::text, restart_lsn::text, wal_status,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
-            " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
-            " from pg_replication_slots where slot_name = %s",
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,"
+            # inactive_since is PostgreSQL 17's: read so that an older store server gives null.
+            " extract(epoch from now() - (to_jsonb(s) ->> 'inactive_since')::timestamptz)::float8"
+            " from pg_replication_slots s where slot_name = %s",
             (slot,),
         ).fetchone()
+        status.wal_keep_mb = store.execute(
+            "select setting::int from pg_settings where name = 'max_slot_wal_keep_size'"
+        ).fetchone()[0]
     if row:
         status.slot_exists = True
         (
@@ -1231,6 +1376,7 @@ def stream_status(
             status.wal_status,
             status.wal_behind_bytes,
             status.wal_retained_bytes,
+            status.inactive_s,
         ) = row
     with psycopg.connect(warehouse_url, autocommit=True) as warehouse:
         exists = warehouse.execute(
@@ -1265,7 +1411,23 @@ def stream_status(
         status.dead_letters = warehouse.execute(
             f"select count(*) from {MIRROR_SCHEMA}._dead_letters where slot_name = %s", (slot,)
         ).fetchone()[0]
+        if warehouse.execute("select to_regclass(%s)", (f"{MIRROR_SCHEMA}._stream_errors",)).fetchone()[0]:
+            error = warehouse.execute(
+                f"select error, failed_at from {MIRROR_SCHEMA}._stream_errors where slot_name = %s", (slot,)
+            ).fetchone()
+            if error:
+                status.error, status.error_at = error
     return status
+
+
+def wal_budget(status: StreamStatus) -> str:
+    """How much WAL the slot may hold on the store's server, in words."""
+    if status.wal_keep_mb is None or status.wal_keep_mb < 0:
+        return "without limit (the store's max_slot_wal_keep_size is -1): it can fill the store's disk"
+    return (
+        f"up to {status.wal_keep_mb:,} MB (the store's max_slot_wal_keep_size); beyond, the server"
+        " invalidates the slot and the next start copies the shop's tables again, merging"
+    )
 
 
 def format_status(status: StreamStatus) -> list[str]:
@@ -1279,7 +1441,7 @@ def format_status(status: StreamStatus) -> list[str]:
         lines.append(
             f"WAL held back: {(status.wal_behind_bytes or 0) / 1024 / 1024:,.1f} MB since confirmed,"
             f" {(status.wal_retained_bytes or 0) / 1024 / 1024:,.1f} MB since restart"
-            f" (warning above {status.wal_warn_mb:g} MB)"
+            f" (warning above {status.wal_warn_mb:g} MB; the slot may hold {wal_budget(status)})"
         )
     lines.append(f"warehouse position: {status.state_lsn or 'none (no initial copy yet)'}")
     if status.last_batch_at is None:

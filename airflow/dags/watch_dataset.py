@@ -2,7 +2,9 @@
 
 Every two minutes it compares each file's checksum with its last successful load (the same test
 the loader uses to skip unchanged files), so a file dropped into the folder is loaded within
-minutes, and an unchanged folder costs a checksum pass and a skipped task.
+minutes, and an unchanged folder costs a checksum pass and a skipped task. Only files whose size
+and modification time stay the same across two looks DATASET_STABLE_SECONDS apart (10 s) count: a
+file still being copied into the folder is left for the next run, never loaded half-written.
 """
 
 from __future__ import annotations

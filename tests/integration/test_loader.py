@@ -316,6 +316,12 @@ def _set_field(path: Path, line_no: int, column: int, value: str) -> None:
     replace_line(path, line_no, ",".join(fields))
 
 
+def cut_mid_line(path: Path, line_no: int) -> None:
+    """The file as a copy still in progress leaves it: complete up to line_no - 1, then part of line_no."""
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[: line_no - 1]) + b"\n" + lines[line_no - 1][:9])
+
+
 BAD_INPUTS = [
     # (source, how to break it, text that the error must contain)
     ("orders", lambda d: break_file(d, "orders", "missing"), ["orders.csv", "file not found"]),
@@ -356,6 +362,11 @@ BAD_INPUTS = [
         "orders",
         lambda d: (d / "orders.csv").write_text("order_id,order_date,customer_id,province_id,city_id\n"),
         ["orders.csv", "no data rows"],
+    ),
+    (
+        "order_details",
+        lambda d: cut_mid_line(d / "order_details.csv", 5000),
+        ["order_details.csv, line 5000:", "ends in the middle of this line", "incomplete"],
     ),
     (
         "products",

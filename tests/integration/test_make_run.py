@@ -220,6 +220,16 @@ def test_make_run_builds_and_prints_the_raw_tables_and_both_marts(make_run: Run)
             in_store = store.execute(f"select count(*) from {table}").fetchone()[0]
             mirrored = warehouse.execute(f"select count(*) from raw_store.{table}").fetchone()[0]
         assert in_store == mirrored > 0, table
+    # The slot it keeps on the store, inactive until the stream runs again, is named with its WAL cap
+    # (the embedded server's max_slot_wal_keep_size, PG_SLOT_WAL_KEEP_MB).
+    with psycopg.connect(run.store_url) as store:
+        cap = store.execute("show max_slot_wal_keep_size").fetchone()[0]
+        assert not store.execute(
+            "select active from pg_replication_slots where slot_name = 'apparel_cdc'"
+        ).fetchone()[0]
+    assert cap == "4GB"
+    assert "kept replication slot apparel_cdc on the store" in run.stdout
+    assert "up to 4,096 MB (the store's max_slot_wal_keep_size)" in run.stdout
 
     # Both marts: the first rows in their order, each a row of the mart, and the mart's row count.
     with psycopg.connect(run.url) as conn:

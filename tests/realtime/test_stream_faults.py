@@ -18,6 +18,7 @@ import pytest
 
 from apparel.embedded_pg import EmbeddedServer, free_port
 from apparel.store import MIRROR_SCHEMA, ensure_mirror
+from apparel.stream import drop_slot
 from tests.realtime import stream_support
 from tests.realtime.stream_support import (
     StreamEnv,
@@ -284,3 +285,67 @@ def test_killed_during_initial_copy_then_restarted(stream_env: StreamEnv, tmp_pa
     stats = env.run()
     assert stats.caught_up and stats.initial_rows == 200 + 300 + 600
     env.assert_mirrored()
+
+
+def test_killed_during_a_merging_recopy_then_restarted(stream_env: StreamEnv, tmp_path: Path):
+    """SIGKILL during the copy that merges into a mirror with rows (its slot was dropped), its rows
+    merged but not committed: the mirror is as before, and the next start merges again, so that the
+    shop and the warehouse agree row by row and the delete made while no slot recorded it is a
+    tombstone."""
+    env = stream_env
+    env.run()
+    drop_slot(env.store_url, env.slot)
+    env.store(
+        "delete from shop_order where id = 10",
+        "update shop_order set status = 'paid', updated_at = now() where id = 11",
+    )
+    fingerprint = env.mirror_fingerprint()
+    kill_while_waiting_on_lock(
+        env,
+        "_stream_state",
+        tmp_path / "stream.log",
+        "the merging copy to wait for the lock on _stream_state",
+    )
+    assert env.mirror_fingerprint() == fingerprint, "the killed copy left part of itself in the warehouse"
+    stats = env.run()
+    assert (stats.initial_updated, stats.initial_deleted) == (1, 3), stats  # order 11; order 10 and 2 lines
+    env.assert_mirrored()
+    assert env.warehouse(f"select _deleted_at is not null from {MIRROR_SCHEMA}.shop_order where id = 10") == [
+        (True,)
+    ]
+
+
+def test_two_streams_on_one_slot_take_turns(stream_env: StreamEnv, tmp_path: Path):
+    """Two stream processes started at once on one slot and warehouse: one streams, the other waits
+    (the advisory lock) and takes over when the first is killed; nothing is lost or applied twice."""
+    env = stream_env
+    env.run()
+    before = applied_transactions(env)
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    procs = []
+    for log in logs:
+        with log.open("w") as out:
+            procs.append(env.cli(stdout=out, stderr=subprocess.STDOUT))
+    try:
+        env.store("update shop_order set status = 'paid', updated_at = now() where id <= 10")
+        wait_for(lambda: paid(env) == 10, "one of the streams to apply the change")
+        waiting = wait_for(
+            lambda: [i for i, log in enumerate(logs) if "another stream on slot" in log.read_text()],
+            "the other stream to wait",
+        )
+        (second,) = waiting
+        first = 1 - second
+        assert procs[second].poll() is None and "streaming from slot" not in logs[second].read_text()
+        procs[first].send_signal(signal.SIGKILL)
+        procs[first].wait()
+        env.store("update shop_order set status = 'shipped', updated_at = now() where id <= 5")
+        wait_for(lambda: shipped(env) == 5, "the waiting stream to take over", timeout=60)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
+    env.assert_mirrored()
+    assert applied_transactions(env) - before == 2, "store transactions lost or applied twice"
+    assert env.warehouse(f"select count(*) from {MIRROR_SCHEMA}._stream_errors") == [(0,)]

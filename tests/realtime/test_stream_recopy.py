@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -217,3 +218,30 @@ def test_a_deleted_order_stays_out_of_staging_after_a_recopy(pg_admin_url: str, 
                 (lines, [gone, gone_later]),
             )
             assert back == [], ("lines of a deleted order came back", args)
+
+
+def test_store_reset_keeps_the_mirror_consistent(stream_env: StreamEnv):
+    """`apparel store reset` drops the shop's tables, which logical replication does not carry: it
+    drops the slot too, so that the stream's next start copies again, merging, and the rows the
+    reset removed are tombstones, not live rows the shop no longer has."""
+    env = stream_env
+    env.run()
+    env.store(
+        "insert into shop_customer (id, first_name, last_name, gender) overriding system value"
+        " values (5000, 'Only', 'Before', 'Male')"
+    )
+    env.run()
+    reset = subprocess.run(
+        [sys.executable, "-m", "apparel.cli", "store", "reset", "--dataset-dir", str(DATASET_DIR)],
+        env=env.cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert f"dropped the stream's replication slot {env.slot}" in reset.stdout
+    env.run()
+    env.assert_mirrored()
+    assert env.warehouse(
+        f"select _deleted_at is not null from {MIRROR_SCHEMA}.shop_customer where id = 5000"
+    ) == [(True,)]

@@ -1,12 +1,10 @@
 """docker-compose.yml, checked without a Docker engine: what it reads, mounts, runs and publishes
-must agree with .env.example, the repository, the Procfile and apparel.stack."""
+must agree with .env.example, the repository and apparel.stack (the commands supervisord runs)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import re
-import shlex
 
 import pytest
 import yaml
@@ -42,15 +40,10 @@ def test_every_variable_it_reads_is_in_env_example() -> None:
     assert not missing, f"docker-compose.yml reads {sorted(missing)}, which .env.example does not list"
 
 
-def test_same_commands_as_the_procfile(compose: dict) -> None:
-    procfile = {}
-    for line in stack.PROCFILE.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, command = line.split(":", 1)
-            procfile[name] = shlex.split(command)[1:]  # without the shell's `exec`
+def test_same_commands_as_make_up(compose: dict) -> None:
     for name in stack.ALL_SERVICES:
         service = compose["services"][name]
-        assert service["command"] == procfile[name], name
+        assert service["command"] == stack.service_command(name), name
         assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "apparel.stack", "check", name]
         assert service["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
     assert compose["services"]["init"]["command"] == ["python", "-m", "apparel.stack", "init"]
@@ -99,8 +92,6 @@ def test_mounts_and_build_files_exist(compose: dict) -> None:
     makefile = (PROJECT_ROOT / "Makefile").read_text()
     uv = re.search(r"^UV_VERSION := (\S+)", makefile, re.M).group(1)
     assert f"uv=={uv}" in dockerfile
-    honcho = re.search(r"honcho==([\d.]+)", dockerfile).group(1)
-    assert honcho == importlib.metadata.version("honcho")
 
 
 def test_postgres_is_18_with_logical_wal(compose: dict) -> None:

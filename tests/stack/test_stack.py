@@ -7,14 +7,17 @@ Airflow's REST API and follows that run, through the raw layer's asset event it 
 `transform` run that event created: that run must succeed and build the marts. An order placed in
 the shop must then reach the marts (the stream, then `fresh_marts`), and no `fresh_marts` dbt task
 may have run while a `transform` dbt task ran (the pool they share), with at least one `fresh_marts`
-run having waited on the forced `transform`. Every service's memory is measured on the way. Then
-`make down` must leave no process of this stack, Superset and PostgreSQL included, and free its ports.
+run having waited on the forced `transform`. Every service's memory is measured on the way. Then each
+service is killed with SIGKILL in turn: supervisord must start it again while the others stay
+healthy, and the shop and the warehouse must still agree row by row. Then `make down` must leave no
+process of this stack, Superset and PostgreSQL included, and free its ports.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -99,7 +102,7 @@ def stack_env() -> Iterator[dict[str, str]]:
     # Keep the logs (the stack's and Airflow's task logs) for a look after a failure.
     kept = ARTIFACTS / "stack-logs"
     shutil.rmtree(kept, ignore_errors=True)
-    for part in ("stack/stack.log", "stack/logs", "airflow/logs"):
+    for part in ("stack/supervisord.log", "stack/logs", "airflow/logs"):
         source = state / part
         if source.is_dir():
             shutil.copytree(source, kept / part, dirs_exist_ok=True)
@@ -222,8 +225,8 @@ def test_make_up_runs_the_pipeline_on_schedule_and_make_down_leaves_nothing(
     ss = st.superset()
     assert st.airflow_url in result.stdout and st.docs_url in result.stdout
     assert f"{ss.base_url}/superset/dashboard/sales/" in result.stdout
-    honcho = stack.honcho_pid(st)
-    assert honcho
+    supervisor = stack.supervisor_pid(st)
+    assert supervisor
     assert stack.read_record(st)["services"] == services
 
     # Every service answers its health check as soon as `make up` returns.
@@ -243,7 +246,7 @@ def test_make_up_runs_the_pipeline_on_schedule_and_make_down_leaves_nothing(
     # A second `make up` says so and changes nothing.
     again = _make("up", env)
     assert "already running" in again.stdout
-    assert stack.honcho_pid(st) == honcho
+    assert stack.supervisor_pid(st) == supervisor
     # Every service running and healthy (a health request can time out on a busy machine: 3 tries).
     statuses = []
     for _ in range(3):
@@ -338,7 +341,41 @@ def test_make_up_runs_the_pipeline_on_schedule_and_make_down_leaves_nothing(
     print(json.dumps(report, indent=2))
     assert peaks["total"] < RSS_LIMIT, report
 
+    report["sigkill_to_healthy_s"] = _each_service_killed_comes_back(st, env, services)
+    (ARTIFACTS / "stack-rss.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["sigkill_to_healthy_s"], indent=2))
     _make_down_leaves_nothing(st, env, services)
+
+
+def _each_service_killed_comes_back(
+    st: stack.StackSettings, env: dict[str, str], services: list[str]
+) -> dict[str, float]:
+    """SIGKILL each service's main process in turn: supervisord starts it again (one restart counted),
+    every service is healthy again, the others were not restarted, and no shop row is lost or
+    doubled in the mirror. Returns the seconds from each kill to a healthy stack."""
+    from apparel.bench_stream import compare_store_warehouse
+
+    seconds = {}
+    for name in services:
+        before = stack.process_info(st)
+        (victim, *_) = stack.service_tree(st, name)
+        victim.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        deadline = killed + 600
+        while True:
+            info = stack.process_info(st)
+            back = info[name]["pid"] not in (0, victim.pid) and info[name]["state"] == "RUNNING"
+            if back and _stack("status", env=env, check=False).returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"{name} not back and healthy 10 minutes after SIGKILL"
+            time.sleep(2)
+        seconds[name] = round(time.monotonic() - killed, 1)
+        assert info[name]["restarts"] == before[name]["restarts"] + 1, info
+        others = {s: (i["pid"], i["restarts"]) for s, i in info.items() if s != name}
+        assert others == {s: (i["pid"], i["restarts"]) for s, i in before.items() if s != name}
+    comparison = compare_store_warehouse(st.settings.store_url, st.settings.warehouse_url)
+    assert comparison.exact, comparison
+    return seconds
 
 
 def _order_reaches_the_marts(st: stack.StackSettings) -> dict[str, float]:
@@ -443,10 +480,10 @@ def _dbt_tasks_never_overlap(api: Airflow, transformed: dict) -> dict[str, int]:
 def _make_down_leaves_nothing(st: stack.StackSettings, env: dict[str, str], services: list[str]) -> None:
     """`make down` stops every process of the stack (task processes, Superset's workers, the
     warehouse PostgreSQL) and frees every port; nothing of this state folder runs afterwards."""
-    honcho = stack.honcho_pid(st)
+    supervisor = stack.supervisor_pid(st)
     stack_id = stack.read_record(st)["stack_id"]
     postmaster = int((st.state_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
-    tree = [psutil.Process(honcho), *psutil.Process(honcho).children(recursive=True)]
+    tree = [psutil.Process(supervisor), *psutil.Process(supervisor).children(recursive=True)]
     tree += [psutil.Process(postmaster), *psutil.Process(postmaster).children(recursive=True)]
     assert len(tree) > len(services) + 1
     assert stack.service_tree(st, "superset"), "Superset is not running before `make down`"

@@ -1,4 +1,4 @@
-"""The stack's configuration without starting anything: secrets, Airflow's environment, the Procfile."""
+"""The stack's configuration without starting anything: secrets, Airflow's environment, supervisord's."""
 
 from __future__ import annotations
 
@@ -14,14 +14,25 @@ from apparel import stack
 from apparel.config import PROJECT_ROOT, Settings, ensure_secrets, load_settings
 
 
-def test_procfile_runs_every_service_through_apparel_stack() -> None:
-    lines = [
-        line for line in stack.PROCFILE.read_text().splitlines() if line.strip() and not line.startswith("#")
-    ]
-    entries = dict(re.match(r"^([A-Za-z0-9_-]+):\s*(.+)$", line).groups() for line in lines)
-    assert tuple(entries) == stack.ALL_SERVICES
-    for name, command in entries.items():
-        assert command == f"exec python -m apparel.stack run {name}"
+def test_supervisord_runs_every_service_through_apparel_stack(tmp_path: Path) -> None:
+    import configparser
+
+    with pytest.raises(ValueError, match="change STATE_DIR"):
+        stack.write_supervisor_config(_settings(tmp_path / "100%"), ["stream"])
+    st = _settings(tmp_path)
+    conf = configparser.RawConfigParser()
+    conf.read(stack.write_supervisor_config(st, list(stack.ALL_SERVICES)))
+    programs = [s.removeprefix("program:") for s in conf.sections() if s.startswith("program:")]
+    assert tuple(programs) == stack.ALL_SERVICES
+    for name in programs:
+        program = conf[f"program:{name}"]
+        assert program["command"] == f"{stack.VENV_BIN / 'python'} -m apparel.stack run {name}"
+        assert (program["autorestart"], program["stopasgroup"], program["killasgroup"]) == ("true",) * 3
+        assert int(program["stopwaitsecs"]) == stack.STOP_GRACE_SECONDS
+        assert program["stdout_logfile"] == str(st.logs_dir / f"{name}.log")
+    # The control socket is its owner's only.
+    assert conf["unix_http_server"]["chmod"] == "0700"
+    assert conf["supervisord"]["pidfile"] == str(st.pid_file)
 
 
 def test_ensure_secrets_writes_only_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,9 +111,9 @@ def test_passwords_file_from_env(tmp_path: Path) -> None:
 def test_status_and_down_when_nothing_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("STATE_DIR", str(tmp_path))
     (tmp_path / "stack").mkdir()
-    (tmp_path / "stack" / "honcho.pid").write_text("999999999\n")  # stale
+    (tmp_path / "stack" / "supervisord.pid").write_text("999999999\n")  # stale
     assert stack.status() == 3
-    assert not (tmp_path / "stack" / "honcho.pid").exists()
+    assert not (tmp_path / "stack" / "supervisord.pid").exists()
     assert stack.down() == 0
     assert "not running" in capsys.readouterr().out
 
