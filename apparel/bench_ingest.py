@@ -276,15 +276,19 @@ def _write_big_xlsx(path: Path, frame) -> None:
 
 def _bench_server(settings: Settings, folder: str) -> EmbeddedServer:
     """The bench cluster; a kept one (`--keep`) that still runs is reused on its port."""
+    from apparel.roles import SUPERUSER_PASSWORD, ensure_role_secrets
+
+    # The same superuser password as the warehouse's (from .env), so a kept cluster is reached again.
+    password = ensure_role_secrets().get(SUPERUSER_PASSWORD)
     data_dir = settings.state_dir / folder
     pid_file = data_dir / "postmaster.pid"
     if pid_file.exists():
         lines = pid_file.read_text().splitlines()
         if len(lines) > 3 and lines[3].strip().isdigit():
-            server = EmbeddedServer(data_dir, int(lines[3]))
+            server = EmbeddedServer(data_dir, int(lines[3]), password)
             if server.is_running():
                 return server
-    return EmbeddedServer(data_dir, free_port())
+    return EmbeddedServer(data_dir, free_port(), password)
 
 
 @contextmanager

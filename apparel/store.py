@@ -252,7 +252,15 @@ def ensure_mirror(conn) -> None:
         if missing:
             conn.execute("select pg_advisory_xact_lock(hashtext('apparel raw_store ddl'))")
             for statement in mirror_ddl():
+                # Skipped when the schema exists: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the
+                # database, which the stream's role, owner of raw_store only, does not have.
+                if statement.startswith("create schema") and _schema_exists(conn, MIRROR_SCHEMA):
+                    continue
                 conn.execute(statement)
+
+
+def _schema_exists(conn, schema: str) -> bool:
+    return conn.execute("select 1 from pg_namespace where nspname = %s", (schema,)).fetchone() is not None
 
 
 # --- The store database: creation and seed ------------------------------------------------------
