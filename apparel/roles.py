@@ -117,6 +117,12 @@ def bootstrap(
                 )
             )
         _grant_connect(conn, dbs.warehouse, STREAM, READER)
+        # The stream stages each batch in temporary tables before merging it into raw_store.
+        conn.execute(
+            sql.SQL("grant temporary on database {} to {}").format(
+                *map(sql.Identifier, (dbs.warehouse, STREAM))
+            )
+        )
         if dbs.store:
             _grant_connect(conn, dbs.store, STREAM)
     with psycopg.connect(with_database(admin_url, dbs.warehouse), autocommit=True) as conn:
