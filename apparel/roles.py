@@ -63,7 +63,7 @@ SUPERUSER_PASSWORD = "PG_SUPERUSER_PASSWORD"
 # The schemas Superset's dashboards read (the CDC mirror for the live one) and who creates their tables.
 READER_SCHEMAS = {"core": ETL, "marts": ETL, "raw_store": STREAM}
 # A dashboard query that runs longer is cancelled: one user cannot hold the warehouse's CPUs.
-READER_STATEMENT_TIMEOUT = "60s"
+READER_STATEMENT_TIMEOUT = "1min"
 
 
 def ensure_role_secrets() -> Settings:
@@ -95,10 +95,17 @@ def role_url(server_url: str, role: str, password: str, database: str) -> str:
 
 
 def bootstrap(
-    admin_url: str, passwords: dict[str, str], dbs: Databases = Databases(), publication: str = "apparel_cdc"
+    admin_url: str,
+    passwords: dict[str, str],
+    dbs: Databases = Databases(),
+    publication: str = "apparel_cdc",
+    *,
+    own_server: bool = False,
 ) -> None:
     """Create or update every role, database and grant (idempotent). `admin_url`: any database of the
-    server, as a superuser (REPLICATION and a publication of a whole schema need one)."""
+    server, as a superuser (REPLICATION and a publication of a whole schema need one). `own_server`
+    (the embedded one): the maintenance database `postgres` is closed to PUBLIC too; on a server of
+    yours other programs may rely on reaching it."""
     missing = [PASSWORD_SETTINGS[r] for r in PASSWORD_SETTINGS if not passwords.get(r)]
     if missing:
         raise RuntimeError(f"no password for {', '.join(missing)}: run `apparel db start` (it writes them)")
@@ -111,11 +118,9 @@ def bootstrap(
         restrict_reader(conn, READER)
         for database, owner in owners.items():
             ensure_database(conn, database, owner)
-            conn.execute(
-                sql.SQL("revoke connect, temporary on database {} from public").format(
-                    sql.Identifier(database)
-                )
-            )
+        for database in [*owners, "postgres"] if own_server else owners:
+            revoke = sql.SQL("revoke connect, temporary on database {} from public")
+            conn.execute(revoke.format(sql.Identifier(database)))
         _grant_connect(conn, dbs.warehouse, STREAM, READER)
         # The stream stages each batch in temporary tables before merging it into raw_store.
         conn.execute(
@@ -230,7 +235,8 @@ def start_embedded(settings: Settings | None = None):
     server = EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port, settings.get(SUPERUSER_PASSWORD))
     server.start()
     dbs = Databases(store=None if settings.get("STORE_URL") else Databases.store)
-    bootstrap(server.url(), role_passwords(settings), dbs, settings.get("STREAM_PUBLICATION", "apparel_cdc"))
+    publication = settings.get("STREAM_PUBLICATION", "apparel_cdc")
+    bootstrap(server.url(), role_passwords(settings), dbs, publication, own_server=True)
     return server
 
 
