@@ -113,12 +113,18 @@ def find_changed_extracts() -> list[str]:
     return changed
 
 
-def finish_ingest(run_id: str | None) -> None:
-    """Check foreign keys across the raw tables, print the summary, fail if any load of this run failed."""
+def finish_ingest(run_id: str | None, dataset_dir: str | None = None) -> None:
+    """Check foreign keys across the raw tables, print the summary, fail if any load of this run failed
+    (a refused `dataset_dir` too: its loads failed before they could log anything)."""
+    from apparel.dataset_dirs import UnsafePath, checked_dataset_dir
     from apparel.loader import check_foreign_keys
     from apparel.report import failed_loads, loads_in_run, raw_tables
 
     settings = load_settings()
+    try:
+        checked_dataset_dir(settings, dataset_dir)
+    except UnsafePath as e:
+        raise AirflowFailException(str(e)) from None
     for orphans in check_foreign_keys(settings.warehouse_url):
         log.warning("orphans: %s", orphans)
     for row in raw_tables(settings.warehouse_url):
@@ -151,7 +157,7 @@ def build_ingest_tasks() -> None:
 
     # all_done: the check runs and reports even when some loads failed, then fails the run for them.
     @task(task_id="check_foreign_keys", trigger_rule="all_done", outlets=[RAW_LAYER])
-    def check(run_id=None) -> None:
-        finish_ingest(run_id)
+    def check(params=None, run_id=None) -> None:
+        finish_ingest(run_id, params["dataset_dir"])
 
     loads >> check()
