@@ -24,7 +24,7 @@ DBT_DOCS_PORT := $(DBT_DOCS_PORT)
 
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test format down db-up db-status store generate bench-ingest bench-transform bench-stream lock clean airflow-init manifest dbt-build docs
+.PHONY: help venv run test format down db-up db-status roles store generate bench-ingest bench-transform bench-stream lock clean airflow-init manifest dbt-build docs
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -44,6 +44,11 @@ $(ENV_FILE):
 
 db-up: venv $(ENV_FILE) ## start the embedded warehouse (or check WAREHOUSE_URL's server)
 	@$(BIN)/apparel db start
+
+# On a server of your own (WAREHOUSE_URL): ADMIN_URL is a superuser's URL, used once and not stored.
+roles: venv $(ENV_FILE) ## create the project's roles, databases and grants on your server: make roles ADMIN_URL=postgresql://admin@host/postgres
+	@test -n "$(ADMIN_URL)" || { echo "usage: make roles ADMIN_URL=postgresql://<superuser>@<host>:<port>/postgres"; exit 2; }
+	@$(BIN)/python -m apparel.roles "$(ADMIN_URL)"
 
 store: db-up ## create the shop's database (STORE_URL, default: `store` on the embedded server), seed it when empty
 	@$(BIN)/apparel store init

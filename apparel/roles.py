@@ -85,13 +85,13 @@ class Databases:
     superset: str = "superset"
 
 
-def role_url(server_url: str, role: str, password: str, database: str) -> str:
-    """`server_url`'s host and port, logged in as `role` into `database`."""
+def role_url(server_url: str, role: str, password: str, database: str | None = None) -> str:
+    """`server_url`'s host and port, logged in as `role` into `database` (default: the URL's)."""
     parsed = urlparse(server_url)
     netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{parsed.hostname}"
     if parsed.port:
         netloc += f":{parsed.port}"
-    return parsed._replace(netloc=netloc, path=f"/{database}").geturl()
+    return parsed._replace(netloc=netloc, path=f"/{database}" if database else parsed.path).geturl()
 
 
 def bootstrap(

@@ -357,12 +357,10 @@ def _run_superset(st: StackSettings) -> None:
     ss = sup.superset_settings(settings)
     if not (sup.SUPERSET_VENV / "bin" / "gunicorn").exists():
         raise SystemExit("the Superset environment is missing: run `make superset-venv`")
-    if not settings.embedded:
-        # The embedded server's roles and databases are made by `apparel db start` (apparel.roles).
-        sup.ensure_reader_role(settings.warehouse_url, ss.reader_user, ss.reader_password)
-        if ss.metadata_url:
-            # With SUPERSET_DATABASE_URL set (Compose): creates the database only when it is missing.
-            sup.ensure_metadata_database(ss.metadata_url)
+    sup.prepare_reader(settings, ss)
+    if ss.metadata_url and not settings.embedded:
+        # With SUPERSET_DATABASE_URL set (Compose): creates the database only when it is missing.
+        sup.ensure_metadata_database(ss.metadata_url)
     sup.bootstrap(ss)
     ss.run_dir.mkdir(parents=True, exist_ok=True)
     # The same gunicorn command line as `make superset`, in the foreground.

@@ -47,6 +47,7 @@ import yaml
 from psycopg import sql
 
 from apparel.config import PROJECT_ROOT, Settings, ensure_secrets, load_settings, with_database
+from apparel.roles import role_url
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,19 @@ def ensure_reader_role(
             conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
             roles.grant_select(conn, schema, None, [user])
     log.info("read-only role %s can read %s", user, ", ".join(schemas))
+
+
+def prepare_reader(settings: Settings, ss: SupersetSettings) -> None:
+    """The reader role, when nothing made it yet: the embedded server's and one created by `make roles`
+    exist already (the owner of the tables may not create roles there); otherwise WAREHOUSE_URL's role
+    creates it, as on a warehouse of your own administered by that one role."""
+    if settings.embedded:
+        return
+    reader_url = role_url(ss.warehouse_url, ss.reader_user, ss.reader_password)
+    try:
+        psycopg.connect(reader_url, connect_timeout=10).close()
+    except psycopg.OperationalError:
+        ensure_reader_role(settings.warehouse_url, ss.reader_user, ss.reader_password)
 
 
 def ensure_metadata_database(url: str) -> None:
@@ -597,9 +611,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     ss = superset_settings(settings)
     if not (SUPERSET_VENV / "bin" / "gunicorn").exists():
         raise RuntimeError("the Superset environment is missing: run `make superset-venv`")
-    if not settings.embedded:
-        # The embedded server's roles and databases are made by `apparel db start` (apparel.roles).
-        ensure_reader_role(settings.warehouse_url, ss.reader_user, ss.reader_password)
+    prepare_reader(settings, ss)
     from apparel.stack import warn_if_exposed
 
     warn_if_exposed("Superset", ss.host)

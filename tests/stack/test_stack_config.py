@@ -61,17 +61,21 @@ def test_airflow_env_uses_postgres_metadata_and_shared_secrets(
         AIRFLOW__API_AUTH__JWT_SECRET="jwt-from-dotenv",
         AIRFLOW_CONN_SHOP="postgres://u@h/shop",
         AIRFLOW__CORE__PARALLELISM="3",
+        AIRFLOW_DB_PASSWORD="af-pw",
+        APPAREL_ETL_PASSWORD="etl-pw",
     )
     env = stack.airflow_stack_env(st)
+    # Each on its own role: the metadata as `airflow`, the DAGs' warehouse connection as the ETL role.
     assert (
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql+psycopg://postgres@127.0.0.1:6543/airflow"
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        == "postgresql+psycopg://airflow:af-pw@127.0.0.1:6543/airflow"
     )
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
     assert env["AIRFLOW__CORE__FERNET_KEY"] == "fernet-from-dotenv"
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "jwt-from-dotenv"
     assert env["AIRFLOW_CONN_SHOP"] == "postgres://u@h/shop"
-    assert env["AIRFLOW_CONN_WAREHOUSE"] == "postgres://postgres@127.0.0.1:6543/warehouse"
+    assert env["AIRFLOW_CONN_WAREHOUSE"] == "postgres://apparel_etl:etl-pw@127.0.0.1:6543/warehouse"
     assert env["AIRFLOW__CORE__PARALLELISM"] == "3"  # .env wins over the defaults
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
     # From apparel.airflow_env, not repeated here.
