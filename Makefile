@@ -48,7 +48,7 @@ db-up: venv $(ENV_FILE) ## start the embedded warehouse (or check WAREHOUSE_URL'
 # On a server of your own (WAREHOUSE_URL): ADMIN_URL is a superuser's URL, used once and not stored.
 roles: venv $(ENV_FILE) ## create the project's roles, databases and grants on your server: make roles ADMIN_URL=postgresql://admin@host/postgres
 	@test -n "$(ADMIN_URL)" || { echo "usage: make roles ADMIN_URL=postgresql://<superuser>@<host>:<port>/postgres"; exit 2; }
-	@$(BIN)/python -m apparel.roles "$(ADMIN_URL)"
+	@$(BIN)/python -m apparel.roles  # reads ADMIN_URL from the environment (make exports it), not argv
 
 store: db-up ## create the shop's database (STORE_URL, default: `store` on the embedded server), seed it when empty
 	@$(BIN)/apparel store init

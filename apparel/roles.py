@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import sys
 from dataclasses import dataclass
@@ -246,8 +247,16 @@ def start_embedded(settings: Settings | None = None):
 def main(argv: list[str] | None = None) -> int:
     """`make roles ADMIN_URL=...`: the roles, databases and grants on a server of your own."""
     parser = argparse.ArgumentParser(prog="python -m apparel.roles", description=main.__doc__)
-    parser.add_argument("admin_url", help="a superuser's URL to any database of the server")
+    # From the environment by default: an argument would show in `ps` (with its password).
+    parser.add_argument(
+        "admin_url",
+        nargs="?",
+        default=os.environ.get("ADMIN_URL"),
+        help="a superuser's URL to any database of the server (default: ADMIN_URL)",
+    )
     args = parser.parse_args(argv)
+    if not args.admin_url:
+        parser.error("no admin URL: set ADMIN_URL")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = ensure_role_secrets()
     try:
