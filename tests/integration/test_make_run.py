@@ -84,6 +84,7 @@ class Run:
     returncode: int
     checkout_env_unchanged: bool  # the checkout's `.env` (or its absence) as before the run
     secrets: dict[str, str]  # the settings file after the run: the generated passwords
+    env: dict[str, str]  # the environment it ran in, for more make targets on the same state
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,7 @@ def make_run() -> Iterator[Run]:
             checkout_env_unchanged=(checkout_env.read_bytes() if checkout_env.exists() else None)
             == checkout_env_before,
             secrets=secrets,
+            env=env,
         )
     finally:
         server.destroy()
@@ -261,3 +263,24 @@ def test_make_run_prints_no_password(make_run: Run) -> None:
     assert len(generated) >= 7, generated.keys()  # the superuser's and each role's
     assert [k for k, v in generated.items() if v in make_run.stdout] == []
     assert stat.S_IMODE((make_run.state_dir / "settings.env").stat().st_mode) == 0o600
+
+
+def test_make_superset_prints_where_the_login_is_not_the_password(make_run: Run) -> None:
+    """`make superset` on the warehouse `make run` built: it starts, and prints no password."""
+    env = {**make_run.env, "SUPERSET_PORT": str(free_port())}
+    keep = ["-o", ".venv/.installed-stamp", "-o", ".venv-superset/.installed-stamp"]
+
+    def make(target: str) -> subprocess.CompletedProcess:
+        cmd = ["make", "--no-print-directory", *keep, target]
+        return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    try:
+        started = make("superset")
+        output = started.stdout + started.stderr
+        assert started.returncode == 0, output[-3000:]
+        assert "password: SUPERSET_ADMIN_PASSWORD in .env" in output
+        secrets = read_env_file(make_run.state_dir / "settings.env")
+        leaked = [k for k, v in secrets.items() if k.endswith(("PASSWORD", "KEY", "SECRET")) and v in output]
+        assert leaked == []
+    finally:
+        make("superset-stop")
