@@ -51,7 +51,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from apparel.config import PROJECT_ROOT, Settings, load_settings, with_database
+from apparel.config import PROJECT_ROOT, Settings, load_settings, redact_url, with_database
 from apparel.embedded_pg import EmbeddedServer, bin_dir, free_port
 from apparel.sources import RAW_SCHEMA, SOURCES, Format, Source, get_source
 
@@ -326,7 +326,7 @@ def bench_database(
         yield url
     finally:
         if keep:
-            log.info("kept: psql %s", url)
+            log.info("kept: psql %s", redact_url(url, mask=""))
         elif server is not None:
             log.info("destroying the bench PostgreSQL in %s", server.data_dir)
             server.destroy()

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import psycopg
 from psycopg import sql
 
-from apparel.config import with_database
+from apparel.config import redact_url, with_database
 from apparel.readers import open_extract
 from apparel.sources import Source, get_source
 
@@ -319,7 +319,7 @@ def create_store_database(store_url: str) -> bool:
     """
     database = urlparse(store_url).path.lstrip("/")
     if not database:
-        raise ValueError(f"the store URL names no database: {store_url}")
+        raise ValueError(f"the store URL names no database: {redact_url(store_url)}")
     try:
         with psycopg.connect(with_database(store_url, "postgres"), autocommit=True) as conn:
             if conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone():
