@@ -174,27 +174,19 @@ def ensure_database(conn: psycopg.Connection, name: str, owner: str) -> None:
 
 
 def _warehouse_grants(conn: psycopg.Connection) -> None:
-    """raw_store belongs to the stream (its tables created now, so the loader and dbt find them);
-    the ETL role and the reader read it; the reader reads what the ETL role builds in core and marts."""
+    """Each dashboard schema belongs to the role that fills it: raw_store to the stream (its tables are
+    created now, as the stream, so the loader and dbt find them), core and marts to the ETL role. The
+    reader reads all three; the ETL role also reads raw_store (dbt's source of the shop's orders)."""
     from apparel.store import MIRROR_SCHEMA, ensure_mirror
 
-    conn.execute(
-        sql.SQL("create schema if not exists {} authorization {}").format(
-            *map(sql.Identifier, (MIRROR_SCHEMA, STREAM))
-        )
-    )
+    for schema, owner in READER_SCHEMAS.items():
+        create = sql.SQL("create schema if not exists {} authorization {}")
+        conn.execute(create.format(sql.Identifier(schema), sql.Identifier(owner)))
     conn.execute(sql.SQL("set role {}").format(sql.Identifier(STREAM)))
     ensure_mirror(conn)
     conn.execute("reset role")
     for schema, owner in READER_SCHEMAS.items():
-        if schema != MIRROR_SCHEMA:
-            conn.execute(
-                sql.SQL("create schema if not exists {} authorization {}").format(
-                    *map(sql.Identifier, (schema, owner))
-                )
-            )
-        readers = [READER, ETL] if schema == MIRROR_SCHEMA else [READER]
-        grant_select(conn, schema, owner, readers)
+        grant_select(conn, schema, owner, [READER, ETL] if schema == MIRROR_SCHEMA else [READER])
 
 
 def grant_select(conn: psycopg.Connection, schema: str, owner: str | None, roles: list[str]) -> None:
