@@ -136,3 +136,12 @@ def test_env_file_names_the_settings_file(tmp_path: Path, monkeypatch: pytest.Mo
     # A file that does not exist: nothing but the environment and the defaults.
     monkeypatch.setenv("ENV_FILE", str(tmp_path / "absent.env"))
     assert load_settings().get("SIMULATE", "0") == "0"
+
+
+def test_a_web_ui_on_a_non_loopback_address_gets_a_tls_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    for host in ("127.0.0.1", "localhost", "::1"):
+        stack.warn_if_exposed("Airflow", host)
+    assert capsys.readouterr().err == ""
+    for host in ("0.0.0.0", "::", "192.168.1.5", "apparel.example"):
+        stack.warn_if_exposed("Superset", host)
+        assert "TLS" in capsys.readouterr().err, host
