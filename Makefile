@@ -11,16 +11,20 @@ SEED ?= 42
 
 # Settings come from the environment, then .env (see .env.example), as in apparel/config.py.
 # .env is not `include`d: its empty WAREHOUSE_URL= would override one set in the environment.
-# Make itself needs only these two; `?=` keeps an environment value. ENV_FILE names another settings
+# Make itself needs only these few; `?=` keeps an environment value. ENV_FILE names another settings
 # file than .env (apparel/config.py reads it from the environment; make exports a command-line one).
+# apparel/envfile.py is the one parser of .env (`export`, quotes, comments), run with the system Python.
 ENV_FILE ?= .env
-dotenv = $(shell sed -n 's/^$(1)=//p' $(ENV_FILE) 2>/dev/null | tail -n 1)
+dotenv = $(shell $(PYTHON) apparel/envfile.py $(ENV_FILE) $(1) 2>/dev/null)
 STATE_DIR ?= $(or $(call dotenv,STATE_DIR),./.state)
 DBT_DOCS_PORT ?= $(or $(call dotenv,DBT_DOCS_PORT),8081)
+# Read once (`?=` alone would run the parser at every use).
+STATE_DIR := $(STATE_DIR)
+DBT_DOCS_PORT := $(DBT_DOCS_PORT)
 
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test format down db-up db-status store generate bench-ingest bench-transform bench-stream lock clean airflow-init manifest dbt-build docs
+.PHONY: help venv run test format down db-up db-status roles store generate bench-ingest bench-transform bench-stream lock clean airflow-init manifest dbt-build docs
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,11 +38,17 @@ $(STAMP): requirements/main.txt pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 
+# Mode 600 from the start: the secrets are generated into it.
 $(ENV_FILE):
-	@cp .env.example $@ && echo "created $@ from .env.example"
+	@(umask 077 && cp .env.example $@) && echo "created $@ from .env.example"
 
 db-up: venv $(ENV_FILE) ## start the embedded warehouse (or check WAREHOUSE_URL's server)
 	@$(BIN)/apparel db start
+
+# On a server of your own (WAREHOUSE_URL): ADMIN_URL is a superuser's URL, used once and not stored.
+roles: venv $(ENV_FILE) ## create the project's roles, databases and grants on your server: make roles ADMIN_URL=postgresql://admin@host/postgres
+	@test -n "$(ADMIN_URL)" || { echo "usage: make roles ADMIN_URL=postgresql://<superuser>@<host>:<port>/postgres"; exit 2; }
+	@$(BIN)/python -m apparel.roles  # reads ADMIN_URL from the environment (make exports it), not argv
 
 store: db-up ## create the shop's database (STORE_URL, default: `store` on the embedded server), seed it when empty
 	@$(BIN)/apparel store init
@@ -60,7 +70,7 @@ run: db-up airflow-init manifest ## the pipeline: the shop's store, Airflow inge
 	@$(BIN)/apparel dags-test transform
 	@$(BIN)/apparel dags-test business_marts
 	@$(BIN)/apparel marts
-	@echo "connect: psql $$($(BIN)/apparel db url)"
+	@echo "connect: psql $$($(BIN)/apparel db url)  (password: APPAREL_ETL_PASSWORD in .env, unless WAREHOUSE_URL is set)"
 
 MANIFEST := $(STATE_DIR)/dbt/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' -o -name '*.md' -o -name '*.csv' 2>/dev/null | grep -v -e target/ -e logs/)

@@ -13,6 +13,7 @@ SUPERSET ?= 1
 DOCS ?= 1
 # The shop simulator runs with SIMULATE=1 (.env or the command line), as under `make up`.
 SIMULATE ?= $(or $(call dotenv,SIMULATE),0)
+SIMULATE := $(SIMULATE)
 STACK_FLAGS := $(if $(filter 0,$(SUPERSET)),--no-superset) $(if $(filter 0,$(DOCS)),--no-docs)
 
 .PHONY: up stack-down status logs up-docker down-docker

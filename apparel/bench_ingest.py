@@ -51,7 +51,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from apparel.config import PROJECT_ROOT, Settings, load_settings, with_database
+from apparel.config import PROJECT_ROOT, Settings, load_settings, redact_url, with_database
 from apparel.embedded_pg import EmbeddedServer, bin_dir, free_port
 from apparel.sources import RAW_SCHEMA, SOURCES, Format, Source, get_source
 
@@ -276,15 +276,19 @@ def _write_big_xlsx(path: Path, frame) -> None:
 
 def _bench_server(settings: Settings, folder: str) -> EmbeddedServer:
     """The bench cluster; a kept one (`--keep`) that still runs is reused on its port."""
+    from apparel.roles import SUPERUSER_PASSWORD, ensure_role_secrets
+
+    # The same superuser password as the warehouse's (from .env), so a kept cluster is reached again.
+    password = ensure_role_secrets().get(SUPERUSER_PASSWORD)
     data_dir = settings.state_dir / folder
     pid_file = data_dir / "postmaster.pid"
     if pid_file.exists():
         lines = pid_file.read_text().splitlines()
         if len(lines) > 3 and lines[3].strip().isdigit():
-            server = EmbeddedServer(data_dir, int(lines[3]))
+            server = EmbeddedServer(data_dir, int(lines[3]), password)
             if server.is_running():
                 return server
-    return EmbeddedServer(data_dir, free_port())
+    return EmbeddedServer(data_dir, free_port(), password)
 
 
 @contextmanager
@@ -322,7 +326,7 @@ def bench_database(
         yield url
     finally:
         if keep:
-            log.info("kept: psql %s", url)
+            log.info("kept: psql %s", redact_url(url, mask=""))
         elif server is not None:
             log.info("destroying the bench PostgreSQL in %s", server.data_dir)
             server.destroy()

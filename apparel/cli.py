@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from apparel.config import EMBEDDED_DATABASE, load_settings
+from apparel.config import load_settings, redact_url
 
 # Wide enough for the tables when output goes to a file or CI log rather than a terminal.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -20,13 +20,16 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 def _server(settings):
     from apparel.embedded_pg import EmbeddedServer, slot_wal_keep_mb
 
-    return EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port, slot_wal_keep_mb(settings))
+    return EmbeddedServer(
+        settings.state_dir / "pgdata", settings.pg_port, slot_wal_keep_mb=slot_wal_keep_mb(settings)
+    )
 
 
 def cmd_db(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.action == "url":
-        print(settings.warehouse_url)
+        # Without the password, which stays in .env: psql asks for it (or reads PGPASSWORD, ~/.pgpass).
+        print(settings.warehouse_url if args.with_password else redact_url(settings.warehouse_url, mask=""))
         return 0
     if not settings.embedded:
         # An existing server was configured: we start and stop nothing, but make sure the database answers.
@@ -40,20 +43,18 @@ def cmd_db(args: argparse.Namespace) -> int:
         return 0
     server = _server(settings)
     if args.action == "start":
-        from apparel.store import STORE_DATABASE
+        from apparel.roles import start_embedded
 
-        # The shop's database lives on the embedded server too, unless STORE_URL points elsewhere.
-        store = () if settings.get("STORE_URL") else (STORE_DATABASE,)
-        server.start(databases=(EMBEDDED_DATABASE, *store))
-        console.print(f"warehouse running: {settings.warehouse_url}  (data in {server.data_dir})")
+        server = start_embedded(settings)
+        settings = load_settings()
+        console.print(f"warehouse running: {redact_url(settings.warehouse_url)}  (data in {server.data_dir})")
     elif args.action == "stop":
         server.stop()
         console.print("warehouse stopped")
     elif args.action == "status":
         running = server.is_running()
-        console.print(
-            f"embedded warehouse {'running on ' + settings.warehouse_url if running else 'stopped'}"
-        )
+        where = f"running on {redact_url(settings.warehouse_url)}" if running else "stopped"
+        console.print(f"embedded warehouse {where}")
         return 0 if running else 3
     return 0
 
@@ -65,8 +66,9 @@ def cmd_store(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     dataset_dir = Path(args.dataset_dir) if args.dataset_dir else settings.dataset_dir
-    # A configured STORE_URL is someone else's server: we create tables there, never databases.
-    create_database = not settings.get("STORE_URL")
+    # A configured STORE_URL is someone else's server: we create tables there, never databases. The
+    # embedded server's store database is made by `apparel db start` (owned by the shop's role).
+    create_database = not settings.get("STORE_URL") and not settings.embedded
     try:
         if args.action == "init":
             seeded = ensure_store(settings.store_url, dataset_dir, create_database=create_database)
@@ -84,12 +86,12 @@ def cmd_store(args: argparse.Namespace) -> int:
             # live. Without its slot, the stream's next start copies the tables again, merging, and
             # tombstones what the reset removed.
             slot = settings.get("STREAM_SLOT", DEFAULT_SLOT)
-            drop_slot(settings.store_url, slot)
+            drop_slot(settings.stream_store_url, slot)
             console.print(
                 f"dropped the stream's replication slot {slot}: its next start copies the shop's tables"
                 " into raw_store again, merging (rows the reset removed become tombstones)"
             )
-        console.print(f"store: {settings.store_url}")
+        console.print(f"store: {redact_url(settings.store_url)}")
         table = Table()
         for column, justify in [("table", "left"), ("rows", "right"), ("max id", "right")]:
             table.add_column(column, justify=justify)
@@ -116,7 +118,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     console.print(
-        f"simulating {rate:,g} orders/s into {settings.store_url}"
+        f"simulating {rate:,g} orders/s into {redact_url(settings.store_url)}"
         + (f" for {args.duration:g}s" if args.duration else " until Ctrl-C")
     )
     try:
@@ -161,14 +163,14 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
     if args.action == "replay":
         from apparel.dead_letters import replay
 
-        result = replay(settings.warehouse_url, slot)
+        result = replay(settings.stream_warehouse_url, slot)
         console.print(f"dead letters of slot {slot}: {result}", markup=False, highlight=False, soft_wrap=True)
         for line in result.failed:
             console.print(f"  still refused: {line}", markup=False, highlight=False, soft_wrap=True)
         return 1 if result.failed else 0
     stats = stream.run_stream(
-        settings.store_url,
-        settings.warehouse_url,
+        settings.stream_store_url,
+        settings.stream_warehouse_url,
         slot=slot,
         publication=args.publication or settings.get("STREAM_PUBLICATION", stream.DEFAULT_PUBLICATION),
         until_caught_up=args.until_caught_up,
@@ -237,7 +239,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from apparel.report import raw_tables
 
     settings = load_settings()
-    table = Table(title=f"raw tables in {settings.warehouse_url}")
+    table = Table(title=f"raw tables in {redact_url(settings.warehouse_url)}")
     for column, justify in [
         ("table", "left"),
         ("rows", "right"),
@@ -342,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("db", help="the embedded warehouse server")
     p.add_argument("action", choices=["start", "stop", "status", "url"])
+    p.add_argument(
+        "--with-password", action="store_true", help="url: with the password (left out by default)"
+    )
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("store", help="the shop's database (STORE_URL): init, status, reset")

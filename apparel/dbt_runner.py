@@ -23,7 +23,7 @@ def dbt_env(settings: Settings, url: str | None = None) -> dict[str, str]:
     return {
         "DBT_PG_HOST": parsed.hostname or "127.0.0.1",
         "DBT_PG_PORT": str(parsed.port or 5432),
-        "DBT_PG_USER": unquote(parsed.username or "postgres"),
+        "DBT_PG_USER": unquote(parsed.username or "apparel_etl"),
         "DBT_PG_PASSWORD": unquote(parsed.password or ""),
         "DBT_PG_DBNAME": parsed.path.lstrip("/") or "postgres",
         "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),

@@ -8,6 +8,11 @@ with `wal_level=logical` for the change-data-capture stream.
 PostgreSQL refuses to run as root. As root we run it as an unprivileged
 `pgserver` user (the same one the wheel would create); as anyone else we run
 it as ourselves.
+
+Nobody gets in without a password: initdb sets the superuser's (PG_SUPERUSER_PASSWORD, generated
+into `.env`) and `scram-sha-256` for every local and TCP connection, and the unix socket lives in a
+folder only the server's account can enter. The superuser only bootstraps (apparel.roles); each
+part of the project logs in as its own role.
 """
 
 from __future__ import annotations
@@ -22,23 +27,27 @@ import socket
 import stat
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
+from psycopg import sql
 
 from apparel.config import EMBEDDED_USER
+from apparel.envfile import write_private
 
 log = logging.getLogger(__name__)
 
 SERVICE_USER = "pgserver"
+# Longest socket folder that leaves room for "/.s.PGSQL.<port>" in the kernel's 108-byte socket path.
+SOCKET_PATH_MAX = 90
 
 # Appended to postgresql.conf at initdb. Sized for a 2-core, 24 GB machine
 # running Airflow and Superset next to it; bulk loads want a large max_wal_size.
 SERVER_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
-    # No unix socket: several clusters (make run, tests) share a machine, TCP avoids clashes.
-    "unix_socket_directories": "''",
+    "password_encryption": "'scram-sha-256'",
     "wal_level": "logical",
     "max_wal_senders": "10",
     "max_replication_slots": "10",
@@ -79,18 +88,28 @@ def bin_dir() -> Path:
 
 @dataclass(frozen=True)
 class EmbeddedServer:
-    """One cluster: its data folder and the port it listens on."""
+    """One cluster: its data folder, the port it listens on and its superuser's password."""
 
     data_dir: Path
     port: int
+    password: str = field(default="", repr=False)  # needed to initialise and to connect, not to stop
     slot_wal_keep_mb: int = DEFAULT_SLOT_WAL_KEEP_MB
 
     @property
     def log_file(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
+    @property
+    def socket_dir(self) -> Path:
+        """The unix socket's folder (mode 700: only the server's account can enter it), beside the data
+        folder; each cluster has its own, so the clusters of `make run` and the tests never clash."""
+        return self.data_dir.parent / f"{self.data_dir.name}.socket"
+
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{EMBEDDED_USER}@127.0.0.1:{self.port}/{database}"
+        """The superuser's URL (bootstrap only: apparel.roles)."""
+        return (
+            f"postgresql://{EMBEDDED_USER}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{database}"
+        )
 
     def is_running(self) -> bool:
         result = _run(["pg_ctl", "-D", str(self.data_dir), "status"], check=False)
@@ -101,6 +120,12 @@ class EmbeddedServer:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        elif _trusting(self.data_dir / "pg_hba.conf"):
+            raise RuntimeError(
+                f"the cluster in {self.data_dir} was created by an older version with `trust` authentication "
+                "(anyone on this machine could log in as its superuser): stop it and delete it "
+                "(`make clean`), then start again; the data is rebuilt from the extracts"
+            )
         if self.is_running():
             log.info("PostgreSQL already running in %s", self.data_dir)
         else:
@@ -110,6 +135,7 @@ class EmbeddedServer:
                     "set PG_PORT in .env to a free port"
                 )
             _prepare_log(self.log_file)
+            self._prepare_socket_dir()
             _run(
                 ["pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60"]
                 + ["-o", f"-p {self.port} -c max_slot_wal_keep_size={int(self.slot_wal_keep_mb)}MB", "start"],
@@ -125,13 +151,21 @@ class EmbeddedServer:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
         self.log_file.unlink(missing_ok=True)
 
     def create_database(self, name: str) -> None:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
             if not exists:
-                conn.execute(f'create database "{name}"')
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+
+    def _prepare_socket_dir(self) -> None:
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self.socket_dir.chmod(0o700)
+        if _as_root():
+            user = pwd.getpwnam(SERVICE_USER)
+            os.chown(self.socket_dir, user.pw_uid, user.pw_gid)
 
     def _initdb(self) -> None:
         log.info("initialising a new PostgreSQL cluster in %s", self.data_dir)
@@ -143,13 +177,38 @@ class EmbeddedServer:
             user = pwd.getpwnam(SERVICE_USER)
             os.chown(self.data_dir, user.pw_uid, user.pw_gid)
         self.data_dir.chmod(0o700)
-        _run(
-            ["initdb", "-D", str(self.data_dir), "-U", EMBEDDED_USER, "--auth=trust"]
-            + ["--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
-            error="initdb failed",
-        )
-        conf = "\n".join(f"{k} = {v}" for k, v in SERVER_SETTINGS.items())
+        if not self.password:
+            raise RuntimeError("no password for the embedded server's superuser (PG_SUPERUSER_PASSWORD)")
+        # initdb reads the superuser's password from a file (never from the command line, which
+        # `ps` shows); the file is private to the server's account and deleted right after.
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pwfile"
+        write_private(pwfile, self.password + "\n")
+        try:
+            if _as_root():
+                os.chown(pwfile, user.pw_uid, user.pw_gid)
+            _run(
+                ["initdb", "-D", str(self.data_dir), "-U", EMBEDDED_USER, f"--pwfile={pwfile}"]
+                + ["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
+                error="initdb failed",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        socket_dir = str(self.socket_dir).replace("'", "''")
+        settings = {**SERVER_SETTINGS, "unix_socket_directories": f"'{socket_dir}'"}
+        if len(str(self.socket_dir)) > SOCKET_PATH_MAX:
+            # The kernel limits a socket's path (108 bytes); TCP only then, on 127.0.0.1 as always.
+            settings["unix_socket_directories"] = "''"
+        conf = "\n".join(f"{k} = {v}" for k, v in settings.items())
         _append_as_owner(self.data_dir / "postgresql.conf", f"\n# apparel embedded server\n{conf}\n")
+
+
+def _trusting(hba: Path) -> bool:
+    """Does pg_hba.conf let anyone in without a password (a cluster of an older version)?"""
+    try:
+        lines = hba.read_text().splitlines()
+    except PermissionError:
+        return False
+    return any(line.split()[-1:] == ["trust"] for line in lines if not line.lstrip().startswith("#"))
 
 
 def _as_root() -> bool:

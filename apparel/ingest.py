@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from airflow.sdk import Asset, Param, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from apparel.config import load_settings
 from apparel.sources import SOURCES, Source
@@ -41,7 +40,10 @@ def ingest_params() -> dict[str, Param]:
             False, type="boolean", description="Load files even when their checksum is unchanged."
         ),
         "dataset_dir": Param(
-            None, type=["null", "string"], description="Folder of the extracts (default: DATASET_DIR)."
+            None,
+            type=["null", "string"],
+            description="Folder of the extracts (default: DATASET_DIR); it must lie under DATASET_DIR "
+            "or a folder of DATASET_ALLOWED_DIRS.",
         ),
     }
 
@@ -62,13 +64,17 @@ def _progress_logger(source: Source, total: int):
 
 def run_load(source_name: str, force: bool, dataset_dir: str | None, run_id: str | None) -> dict:
     """Load one source; a skip (unchanged file) emits no asset event, a bad file fails the task."""
+    from apparel.dataset_dirs import UnsafePath, checked_dataset_dir, checked_extract
     from apparel.loader import load_source
     from apparel.sources import get_source
 
     settings = load_settings()
     source = get_source(source_name)
-    folder = Path(dataset_dir) if dataset_dir else settings.dataset_dir
-    path = folder / source.file
+    try:
+        folder = checked_dataset_dir(settings, dataset_dir)
+        path = checked_extract(folder, source.file)
+    except UnsafePath as e:
+        raise AirflowFailException(str(e)) from None  # no retry: the same parameter fails again
     size = path.stat().st_size if path.exists() else 0
     result = load_source(
         settings.warehouse_url,
@@ -114,12 +120,18 @@ def find_changed_extracts() -> list[str]:
     return changed
 
 
-def finish_ingest(run_id: str | None) -> None:
-    """Check foreign keys across the raw tables, print the summary, fail if any load of this run failed."""
+def finish_ingest(run_id: str | None, dataset_dir: str | None = None) -> None:
+    """Check foreign keys across the raw tables, print the summary, fail if any load of this run failed
+    (a refused `dataset_dir` too: its loads failed before they could log anything)."""
+    from apparel.dataset_dirs import UnsafePath, checked_dataset_dir
     from apparel.loader import check_foreign_keys
     from apparel.report import failed_loads, loads_in_run, raw_tables
 
     settings = load_settings()
+    try:
+        checked_dataset_dir(settings, dataset_dir)
+    except UnsafePath as e:
+        raise AirflowFailException(str(e)) from None
     for orphans in check_foreign_keys(settings.warehouse_url):
         log.warning("orphans: %s", orphans)
     for row in raw_tables(settings.warehouse_url):
@@ -152,7 +164,7 @@ def build_ingest_tasks() -> None:
 
     # all_done: the check runs and reports even when some loads failed, then fails the run for them.
     @task(task_id="check_foreign_keys", trigger_rule="all_done", outlets=[RAW_LAYER])
-    def check(run_id=None) -> None:
-        finish_ingest(run_id)
+    def check(params=None, run_id=None) -> None:
+        finish_ingest(run_id, params["dataset_dir"])
 
     loads >> check()

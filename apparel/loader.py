@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from apparel import merge
+from apparel.dataset_dirs import checked_extract
 from apparel.merge import LoadLocked, MergeCounts
 from apparel.readers import Extract, SourceError, open_extract
 from apparel.sources import LOAD_LOG_TABLE, RAW_SCHEMA, SOURCES, Source
@@ -119,8 +120,9 @@ def load_source(
     run_id: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> LoadResult:
-    """Load `source` from `dataset_dir` into `raw.<table>`. Raises LoadFailed (logged) on failure."""
-    path = dataset_dir / source.file
+    """Load `source` from `dataset_dir` into `raw.<table>`. Raises LoadFailed (logged) on failure, and
+    UnsafePath for an extract that is not a regular file inside `dataset_dir`."""
+    path = checked_extract(dataset_dir, source.file)
     batch_id = uuid.uuid4()
     started = time.monotonic()
     with psycopg.connect(url) as conn:

@@ -57,11 +57,11 @@ import psutil
 import requests
 
 from apparel.config import (
-    EMBEDDED_DATABASE,
     PROJECT_ROOT,
     Settings,
     ensure_secrets,
     load_settings,
+    redact_url,
     with_database,
 )
 
@@ -93,6 +93,10 @@ AIRFLOW_SECRETS: dict[str, Callable[[], str]] = {
     "AIRFLOW__API_AUTH__JWT_SECRET": lambda: secrets.token_urlsafe(32),
     "AIRFLOW__API__SECRET_KEY": lambda: secrets.token_urlsafe(32),
 }
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(18)
 
 
 def _fernet_key() -> str:
@@ -189,13 +193,39 @@ class StackSettings:
         """SQLAlchemy URL of Airflow's metadata: the `airflow` database on the warehouse server."""
         if url := self.settings.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
             return url
-        url = with_database(self.settings.warehouse_url, AIRFLOW_DATABASE)
+        if self.settings.embedded:
+            from apparel.roles import AIRFLOW
+
+            url = self.settings.embedded_url(AIRFLOW_DATABASE, AIRFLOW)
+        else:
+            url = with_database(self.settings.warehouse_url, AIRFLOW_DATABASE)
         return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
     def superset(self):
         from apparel.superset_setup import superset_settings
 
         return superset_settings(self.settings, require_secrets=False)
+
+
+def warn_if_exposed(name: str, host: str) -> None:
+    """A web UI bound to a non-loopback address sends its logins in clear text over the network."""
+    if not _is_loopback(host):
+        print(
+            f"warning: {name} listens on {host}, reachable from other machines over plain HTTP: "
+            "put a TLS-terminating proxy in front of it (or bind it to 127.0.0.1)",
+            file=sys.stderr,
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def _client_host(host: str) -> str:
@@ -372,26 +402,14 @@ def _run_superset(st: StackSettings) -> None:
     ss = sup.superset_settings(settings)
     if not (sup.SUPERSET_VENV / "bin" / "gunicorn").exists():
         raise SystemExit("the Superset environment is missing: run `make superset-venv`")
-    sup.ensure_reader_role(settings.warehouse_url, ss.reader_user, ss.reader_password)
-    if ss.metadata_url:
-        # Also with SUPERSET_DATABASE_URL set (Compose): creates the database only when it is missing.
+    sup.prepare_reader(settings, ss)
+    if ss.metadata_url and not settings.embedded:
+        # With SUPERSET_DATABASE_URL set (Compose): creates the database only when it is missing.
         sup.ensure_metadata_database(ss.metadata_url)
     sup.bootstrap(ss)
     ss.run_dir.mkdir(parents=True, exist_ok=True)
-    # The same gunicorn command line as superset_setup.start_server(), in the foreground.
-    argv = [
-        str(sup.SUPERSET_VENV / "bin" / "gunicorn"),
-        f"--bind={ss.host}:{ss.port}",
-        f"--workers={ss.workers}",
-        "--worker-class=gthread",
-        "--threads=4",
-        "--timeout=120",
-        "--limit-request-line=0",
-        "--limit-request-field_size=0",
-        f"--config={sup.GUNICORN_CONF}",
-        "superset.app:create_app()",
-    ]
-    _exec(argv, ss.env(), "superset", cwd=ss.run_dir)
+    # The same gunicorn command line as `make superset`, in the foreground.
+    _exec(sup.gunicorn_argv(ss), ss.env(), "superset", cwd=ss.run_dir)
 
 
 # ----------------------------------------------------------------------------------------- health
@@ -667,12 +685,11 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _start_warehouse(settings: Settings) -> None:
-    from apparel.embedded_pg import EmbeddedServer, slot_wal_keep_mb, wait_until_ready
+    from apparel.embedded_pg import wait_until_ready
+    from apparel.roles import start_embedded
 
     if settings.embedded:
-        EmbeddedServer(settings.state_dir / "pgdata", settings.pg_port, slot_wal_keep_mb(settings)).start(
-            databases=(EMBEDDED_DATABASE, AIRFLOW_DATABASE)
-        )
+        start_embedded(settings)  # with its roles and databases (Airflow's and Superset's too)
     else:
         wait_until_ready(settings.warehouse_url, timeout=10)
 
@@ -683,8 +700,8 @@ def _ensure_airflow_database(st: StackSettings) -> None:
     from psycopg import sql
 
     url = st.airflow_metadata_url
-    if not url.startswith("postgres"):
-        return
+    if not url.startswith("postgres") or st.settings.embedded:
+        return  # SQLite, or the embedded server's, made by `apparel db start` (apparel.roles)
     libpq = url.split("+", 1)[0] + "://" + url.split("://", 1)[1]
     name = libpq.rsplit("/", 1)[1].split("?")[0]
     with psycopg.connect(with_database(libpq, "postgres"), autocommit=True) as conn:
@@ -716,7 +733,11 @@ def _logged(cmd: list[str], env: dict[str, str], log_path: Path, what: str) -> N
 
 def generate_secrets(*, superset: bool = True, docker: bool = False) -> list[str]:
     """The stack's secrets into `.env` where missing (Superset's through its own module)."""
-    generators = dict(AIRFLOW_SECRETS)
+    from apparel.roles import PASSWORD_SETTINGS, SUPERUSER_PASSWORD
+
+    # The database roles' passwords first: every service's URL is built from them.
+    generators = {name: _token for name in (SUPERUSER_PASSWORD, *PASSWORD_SETTINGS.values())}
+    generators.update(AIRFLOW_SECRETS)
     if docker:
         generators["POSTGRES_PASSWORD"] = lambda: secrets.token_urlsafe(18)
     written = ensure_secrets(generators)
@@ -747,6 +768,7 @@ def _ensure_store(st: StackSettings) -> None:
     # Its database is created on the warehouse's server (the stack manages it, as Airflow's);
     # a STORE_URL elsewhere is someone else's server: tables only.
     same_server = (store.hostname, store.port) == (warehouse.hostname, warehouse.port)
+    same_server &= not settings.embedded  # the embedded one is made by `apparel db start`
     seeded = ensure_store(settings.store_url, settings.dataset_dir, create_database=same_server)
     log.info("store ready (%s)", f"{seeded:,} rows seeded" if seeded else "it already had data")
 
@@ -816,6 +838,8 @@ def up(services: list[str] | None = None, timeout: float = 300) -> int:
     ]
     if taken:
         raise RuntimeError(f"port(s) {', '.join(taken)} taken by another program: change them in .env")
+    for name, host, _ in _ports(st, services):
+        warn_if_exposed(name, host)
 
     _start_warehouse(st.settings)
     prepare(st)
@@ -903,11 +927,13 @@ def print_urls(st: StackSettings, services: list[str]) -> None:
     for column in ("service", "URL", "login"):
         table.add_column(column)
     if any(s in AIRFLOW_SERVICES for s in services):
-        table.add_row("Airflow", f"{st.airflow_url}/", f"{st.admin_user} / {st.admin_password}")
+        table.add_row("Airflow", f"{st.airflow_url}/", f"{st.admin_user} / AIRFLOW_ADMIN_PASSWORD in .env")
     if "superset" in services:
         ss = st.superset()
         table.add_row(
-            "Superset", f"{ss.base_url}/superset/dashboard/sales/", f"{ss.admin_user} / {ss.admin_password}"
+            "Superset",
+            f"{ss.base_url}/superset/dashboard/sales/",
+            f"{ss.admin_user} / SUPERSET_ADMIN_PASSWORD in .env",
         )
         table.add_row("Superset (live)", f"{ss.base_url}/superset/dashboard/live-orders/", "the same")
         table.add_row(
@@ -915,11 +941,12 @@ def print_urls(st: StackSettings, services: list[str]) -> None:
         )
     if "dbt-docs" in services:
         table.add_row("dbt docs", f"{st.docs_url}/", "")
-    table.add_row("warehouse", st.settings.warehouse_url, "")
+    table.add_row("warehouse", redact_url(st.settings.warehouse_url), "APPAREL_ETL_PASSWORD in .env")
     if "stream" in services:
-        table.add_row("shop store (CDC stream)", st.settings.store_url, "`apparel stream status`")
+        store = redact_url(st.settings.store_url)
+        table.add_row("shop store (CDC stream)", store, "`apparel stream status`")
     Console(width=None if sys.stdout.isatty() else 160).print(table)
-    print("passwords are in .env; `make status`, `make logs`, `make down`")
+    print("passwords are in .env (never printed); `make status`, `make logs`, `make down`")
 
 
 def down(timeout: float = 60) -> int:
@@ -993,7 +1020,9 @@ def status() -> int:
         table.add_column(column, justify=justify)
     all_ok = True
     wh = warehouse_rss(st)
-    table.add_row("warehouse", "", "", "", "", f"{wh / 2**20:.0f}" if wh else "", st.settings.warehouse_url)
+    table.add_row(
+        "warehouse", "", "", "", "", f"{wh / 2**20:.0f}" if wh else "", redact_url(st.settings.warehouse_url)
+    )
     supervisor_mb = 0.0
     with contextlib.suppress(psutil.Error):
         supervisor_mb = psutil.Process(pid).memory_info().rss / 2**20

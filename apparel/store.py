@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import psycopg
 from psycopg import sql
 
-from apparel.config import with_database
+from apparel.config import redact_url, with_database
 from apparel.readers import open_extract
 from apparel.sources import Source, get_source
 
@@ -262,7 +262,15 @@ def ensure_mirror(conn) -> None:
         if missing:
             conn.execute("select pg_advisory_xact_lock(hashtext('apparel raw_store ddl'))")
             for statement in mirror_ddl():
+                # Skipped when the schema exists: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the
+                # database, which the stream's role, owner of raw_store only, does not have.
+                if statement.startswith("create schema") and _schema_exists(conn, MIRROR_SCHEMA):
+                    continue
                 conn.execute(statement)
+
+
+def _schema_exists(conn, schema: str) -> bool:
+    return conn.execute("select 1 from pg_namespace where nspname = %s", (schema,)).fetchone() is not None
 
 
 # --- The store database: creation and seed ------------------------------------------------------
@@ -321,7 +329,7 @@ def create_store_database(store_url: str) -> bool:
     """
     database = urlparse(store_url).path.lstrip("/")
     if not database:
-        raise ValueError(f"the store URL names no database: {store_url}")
+        raise ValueError(f"the store URL names no database: {redact_url(store_url)}")
     try:
         with psycopg.connect(with_database(store_url, "postgres"), autocommit=True) as conn:
             if conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone():

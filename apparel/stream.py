@@ -1337,8 +1337,8 @@ def configured_status(settings, slot: str | None = None) -> StreamStatus:
     """`stream_status` of the configured store and warehouse: slot STREAM_SLOT (unless given) and
     the threshold STREAM_WAL_WARN_MB (what `apparel stream status` and the stack's health check ask)."""
     return stream_status(
-        settings.store_url,
-        settings.warehouse_url,
+        settings.stream_store_url,
+        settings.stream_warehouse_url,
         slot or settings.get("STREAM_SLOT", DEFAULT_SLOT),
         wal_warn_mb=float(settings.get("STREAM_WAL_WARN_MB", str(DEFAULT_WAL_WARN_MB))),
         inactive_warn_s=float(settings.get("STREAM_INACTIVE_WARN_S", str(DEFAULT_INACTIVE_WARN_S))),

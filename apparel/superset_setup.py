@@ -47,6 +47,7 @@ import yaml
 from psycopg import sql
 
 from apparel.config import PROJECT_ROOT, Settings, ensure_secrets, load_settings, with_database
+from apparel.roles import role_url
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,12 @@ class SupersetSettings:
             "SUPERSET_READER_PASSWORD": self.reader_password,
             "SUPERSET_PORT": str(self.port),
             "PYTHONUNBUFFERED": "1",
+            # superset_config.py hands the reader's password to this database only.
+            **{
+                f"SUPERSET_{k}": v
+                for k, v in warehouse_template_values(self.warehouse_url, self.reader_user).items()
+                if k.startswith("WAREHOUSE_")
+            },
         }
         env.pop("SUPERSET_DATABASE_URL", None)
         if self.metadata_url:
@@ -147,7 +154,9 @@ def metadata_url(settings: Settings) -> str:
     if url := settings.get("SUPERSET_DATABASE_URL"):
         return url
     if settings.embedded:
-        return settings.embedded_url("superset")
+        from apparel.roles import SUPERSET
+
+        return settings.embedded_url("superset", SUPERSET)
     return ""
 
 
@@ -166,31 +175,37 @@ def ensure_env_secrets(env_file: Path | None = None, example: Path | None = None
 def ensure_reader_role(
     admin_url: str, user: str, password: str, schemas: tuple[str, ...] = READER_SCHEMAS
 ) -> None:
-    """Create or update the read-only login role Superset's warehouse connection uses. Idempotent.
+    """Create or update the read-only login role Superset's warehouse connection uses, on a warehouse
+    of your own (the embedded server's is made by apparel.roles with the rest). Idempotent.
 
-    `admin_url` is the warehouse URL of the role that owns (and dbt-builds) the tables: the default
-    privileges granted here cover the tables it creates later, so dbt's rebuilds stay readable.
+    `admin_url` is the warehouse URL of the role that owns (and dbt-builds) the tables, with CREATEROLE:
+    the default privileges granted here cover the tables it creates later, so dbt's rebuilds stay readable.
     """
+    from apparel import roles
+
     role = sql.Identifier(user)
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_roles where rolname = %s", (user,)).fetchone()
-        verb = sql.SQL("alter role" if exists else "create role")
-        conn.execute(sql.SQL("{} {} with login password {}").format(verb, role, sql.Literal(password)))
-        # Belt and braces: even a grant given by mistake later cannot write through this role.
-        conn.execute(sql.SQL("alter role {} set default_transaction_read_only = on").format(role))
+        roles.login_role(conn, user, password)
+        roles.restrict_reader(conn, user)
         database = conn.execute("select current_database()").fetchone()[0]
         conn.execute(sql.SQL("grant connect on database {} to {}").format(sql.Identifier(database), role))
         for schema in schemas:
-            ident = sql.Identifier(schema)
-            conn.execute(sql.SQL("create schema if not exists {}").format(ident))
-            conn.execute(sql.SQL("grant usage on schema {} to {}").format(ident, role))
-            conn.execute(sql.SQL("grant select on all tables in schema {} to {}").format(ident, role))
-            conn.execute(
-                sql.SQL("alter default privileges in schema {} grant select on tables to {}").format(
-                    ident, role
-                )
-            )
+            conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
+            roles.grant_select(conn, schema, None, [user])
     log.info("read-only role %s can read %s", user, ", ".join(schemas))
+
+
+def prepare_reader(settings: Settings, ss: SupersetSettings) -> None:
+    """The reader role, when nothing made it yet: the embedded server's and one created by `make roles`
+    exist already (the owner of the tables may not create roles there); otherwise WAREHOUSE_URL's role
+    creates it, as on a warehouse of your own administered by that one role."""
+    if settings.embedded:
+        return
+    reader_url = role_url(ss.warehouse_url, ss.reader_user, ss.reader_password)
+    try:
+        psycopg.connect(reader_url, connect_timeout=10).close()
+    except psycopg.OperationalError:
+        ensure_reader_role(settings.warehouse_url, ss.reader_user, ss.reader_password)
 
 
 def ensure_metadata_database(url: str) -> None:
@@ -310,8 +325,11 @@ def gunicorn_argv(ss: SupersetSettings) -> list[str]:
         "--worker-class=gthread",
         "--threads=4",
         "--timeout=120",
-        "--limit-request-line=0",
-        "--limit-request-field_size=0",
+        # Finite request limits (0 would mean unlimited): the longest request line gunicorn allows
+        # (Superset's explore links carry their form data), and headers big enough for its cookies.
+        "--limit-request-line=8190",
+        "--limit-request-fields=100",
+        "--limit-request-field_size=16384",
         # Preloads Superset in the master and gives each forked worker fresh connection pools.
         f"--config={GUNICORN_CONF}",
         "superset.app:create_app()",
@@ -593,9 +611,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     ss = superset_settings(settings)
     if not (SUPERSET_VENV / "bin" / "gunicorn").exists():
         raise RuntimeError("the Superset environment is missing: run `make superset-venv`")
-    ensure_reader_role(settings.warehouse_url, ss.reader_user, ss.reader_password)
-    if ss.metadata_url and not settings.get("SUPERSET_DATABASE_URL"):
-        ensure_metadata_database(ss.metadata_url)
+    prepare_reader(settings, ss)
+    from apparel.stack import warn_if_exposed
+
+    warn_if_exposed("Superset", ss.host)
     began = time.monotonic()
     bootstrap(ss)
     seconds = start_server(ss)
@@ -610,7 +629,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(f"Superset: {ss.base_url}/superset/dashboard/sales/")
     print(f"live:     {ss.base_url}/superset/dashboard/live-orders/")
     print(f"markets:  {ss.base_url}/superset/dashboard/customers-markets/")
-    print(f"login:    {ss.admin_user} / {ss.admin_password}   (from .env: SUPERSET_ADMIN_PASSWORD)")
+    print(f"login:    {ss.admin_user}, password: SUPERSET_ADMIN_PASSWORD in .env")
     print(f"log:      {ss.log_file}")
     return 0
 

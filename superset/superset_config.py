@@ -10,6 +10,7 @@ password and the warehouse reader's password are generated into `.env` on first 
 | SUPERSET_DATABASE_URL | SQLite in $STATE_DIR/superset/ | Superset's own metadata database (SQLAlchemy URL) |
 | SUPERSET_READER_USER | superset_reader | the read-only PostgreSQL role the warehouse connection logs in as |
 | SUPERSET_READER_PASSWORD | (required) | its password, handed over at connect time, never stored |
+| SUPERSET_WAREHOUSE_HOST, _PORT, _DB | (required) | the only database that password is handed to |
 | SUPERSET_PORT | 8088 | the web server's port (read by the launcher; here for the links Superset builds) |
 | STATE_DIR | ./.state | git-ignored local state |
 """
@@ -33,8 +34,15 @@ SUPERSET_STATE_DIR = _state_dir() / "superset"
 SUPERSET_STATE_DIR.mkdir(parents=True, exist_ok=True)
 DATA_DIR = str(SUPERSET_STATE_DIR)
 
-# No fallback: Superset refuses to start with its well-known default key, and so do we.
+# No fallback: Superset refuses to start with its well-known default key, and so do we, here and not
+# only in the launcher (gunicorn or `superset` started by hand read this file too).
 SECRET_KEY = os.environ.get("SUPERSET_SECRET_KEY", "")
+MIN_SECRET_KEY_LENGTH = 32
+if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
+    raise RuntimeError(
+        f"SUPERSET_SECRET_KEY is missing or shorter than {MIN_SECRET_KEY_LENGTH} characters: "
+        "`make superset` generates one into .env"
+    )
 
 # The metadata database. The launcher points this at a `superset` database on the embedded
 # warehouse server when the project runs its own PostgreSQL (see superset/README.md).
@@ -45,6 +53,13 @@ if SQLALCHEMY_DATABASE_URI.startswith("postgresql://"):
     SQLALCHEMY_DATABASE_URI = SQLALCHEMY_DATABASE_URI.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 READER_USER = os.environ.get("SUPERSET_READER_USER") or "superset_reader"
+# Where the reader's password may go: the warehouse only (a connection a user adds with this user
+# name and another host, e.g. a server of theirs, must not receive it).
+WAREHOUSE = (
+    os.environ.get("SUPERSET_WAREHOUSE_HOST", ""),
+    int(os.environ.get("SUPERSET_WAREHOUSE_PORT") or 5432),
+    os.environ.get("SUPERSET_WAREHOUSE_DB", ""),
+)
 
 
 def lookup_password(url: URL) -> str | None:
@@ -54,7 +69,7 @@ def lookup_password(url: URL) -> str | None:
     for every connection it opens; other databases a user adds keep working when their URI
     carries no password (a limitation of this hook: Superset then stores none for them).
     """
-    if url.username == READER_USER:
+    if url.username == READER_USER and (url.host, url.port or 5432, url.database) == WAREHOUSE:
         return os.environ.get("SUPERSET_READER_PASSWORD") or None
     return None
 

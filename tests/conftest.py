@@ -1,7 +1,9 @@
 """Shared fixtures: a real PostgreSQL server started by the test suite, one database per test.
 
 The server is the same embedded PostgreSQL the project runs, in its own data
-folder on a free port, so the tests never touch a developer's warehouse.
+folder on a free port, so the tests never touch a developer's warehouse. It
+follows the same rules: scram-sha-256 only, with a superuser password of its own
+(generated here, never written to `.env`).
 `TEST_WAREHOUSE_ADMIN_URL` points the suite at an existing server instead
 (a superuser URL; each test still gets a database of its own).
 """
@@ -9,6 +11,7 @@ folder on a free port, so the tests never touch a developer's warehouse.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -37,7 +40,7 @@ def pg_admin_url() -> Iterator[str]:
         return
     # Under the state folder, not /tmp/pytest-*: as root the server runs as another user who must reach it.
     data_dir = load_settings().state_dir / "test-pg" / f"pg-{os.getpid()}"
-    server = EmbeddedServer(data_dir, free_port())
+    server = EmbeddedServer(data_dir, free_port(), secrets.token_urlsafe(18))
     server.start()
     try:
         yield server.url("postgres")

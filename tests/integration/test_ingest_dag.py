@@ -91,6 +91,7 @@ def test_ingest_dag_publishes_the_raw_layer_only_when_a_table_changed(
         json.dumps({"dataset_dir": str(folder)}),
         WAREHOUSE_URL=fresh_db,
         DATASET_DIR=str(DATASET_DIR),
+        DATASET_ALLOWED_DIRS=str(tmp_path),  # a run's dataset_dir must lie under an allowed folder
     )
     assert changed.returncode == 0, changed.stdout[-3000:]
     changed_id, state = finished_run(changed)
@@ -141,3 +142,23 @@ def test_ingest_dag_fails_on_a_bad_file_and_loads_the_rest(
     published = dict(TABLE_EVENTS)
     del published["raw.order_details"]
     assert asset_events(airflow_env, "ingest_dataset", run_id) == published
+
+
+def test_ingest_dag_refuses_a_dataset_dir_outside_the_dataset_folders(airflow_env, fresh_db: str) -> None:
+    """Anyone who may trigger a DAG sets `dataset_dir`: /etc is refused, with the setting that allows
+    a folder, before anything is read or loaded."""
+    run = airflow_dags_test(
+        airflow_env,
+        "ingest_dataset",
+        json.dumps({"dataset_dir": "/etc"}),
+        WAREHOUSE_URL=fresh_db,
+        DATASET_DIR=str(DATASET_DIR),
+    )
+    assert run.returncode != 0
+    assert "dataset_dir '/etc' is outside the folders extracts may be read from" in run.stdout
+    assert "DATASET_ALLOWED_DIRS" in run.stdout
+    run_id, state = finished_run(run)
+    assert state == "failed"
+    assert set(task_states(airflow_env, "ingest_dataset", run_id).values()) == {"failed"}
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("select to_regclass('raw._load_log')").fetchone()[0] is None

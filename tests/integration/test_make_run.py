@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import time
 import uuid
@@ -31,6 +32,8 @@ import pytest
 
 from apparel.config import PROJECT_ROOT, load_settings, with_database
 from apparel.embedded_pg import EmbeddedServer, free_port
+from apparel.envfile import read_env_file
+from apparel.roles import SUPERUSER_PASSWORD
 from apparel.sources import SOURCES
 from tests.conftest import DATASET_DIR, isolated_environment
 
@@ -80,6 +83,8 @@ class Run:
     stdout: str
     returncode: int
     checkout_env_unchanged: bool  # the checkout's `.env` (or its absence) as before the run
+    secrets: dict[str, str]  # the settings file after the run: the generated passwords
+    env: dict[str, str]  # the environment it ran in, for more make targets on the same state
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +134,9 @@ def make_run() -> Iterator[Run]:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, _ = proc.communicate()
         print(f"make run: {time.monotonic() - started:.0f} s, exit {proc.returncode}")
+        # The superuser's password, generated into the settings file by `make run` (apparel db start).
+        secrets = read_env_file(settings_file)
+        server = EmbeddedServer(state_dir / "pgdata", port, secrets.get(SUPERUSER_PASSWORD, ""))
         yield Run(
             url=server.url("warehouse"),
             store_url=server.url("store"),
@@ -138,6 +146,8 @@ def make_run() -> Iterator[Run]:
             returncode=proc.returncode,
             checkout_env_unchanged=(checkout_env.read_bytes() if checkout_env.exists() else None)
             == checkout_env_before,
+            secrets=secrets,
+            env=env,
         )
     finally:
         server.destroy()
@@ -174,7 +184,7 @@ def cell(value: object) -> str:
 def test_make_run_builds_and_prints_the_raw_tables_and_both_marts(make_run: Run) -> None:
     run = make_run
     assert run.returncode == 0, run.stdout[-5000:]
-    assert f"connect: psql postgresql://postgres@127.0.0.1:{run.port}/warehouse" in run.stdout
+    assert f"connect: psql postgresql://apparel_etl@127.0.0.1:{run.port}/warehouse " in run.stdout
     # The warehouse it built is the server in the run's own state folder, on the run's port.
     with psycopg.connect(with_database(run.url, "postgres")) as conn:
         data_dir = conn.execute("show data_directory").fetchone()[0]
@@ -187,7 +197,7 @@ def test_make_run_builds_and_prints_the_raw_tables_and_both_marts(make_run: Run)
 
     # The raw tables: rows, size, last load, its seconds and status, as the warehouse holds them.
     title, rows = table_after(run.stdout, "raw tables in ")
-    assert title == f"raw tables in {run.url}"
+    assert title == f"raw tables in postgresql://apparel_etl:***@127.0.0.1:{run.port}/warehouse"
     with psycopg.connect(run.url) as conn:
         expected = []
         for source in SOURCES:
@@ -255,3 +265,32 @@ def test_make_run_builds_and_prints_the_raw_tables_and_both_marts(make_run: Run)
             # Rows tied on the order (equal ranks in a city) may come in either order.
             assert sorted(tuple(row[i] for i in key_at) for row in printed) == sorted(first_keys), mart
     assert re.search(r"marts\.dm_revenue_by_months \(first 12 of 12 rows\)", run.stdout)
+
+
+def test_make_run_prints_no_password(make_run: Run) -> None:
+    """Every password and secret `make run` generated stays in the settings file (mode 600)."""
+    generated = {k: v for k, v in make_run.secrets.items() if "PASSWORD" in k}
+    assert len(generated) >= 7, generated.keys()  # the superuser's and each role's
+    assert [k for k, v in generated.items() if v in make_run.stdout] == []
+    assert stat.S_IMODE((make_run.state_dir / "settings.env").stat().st_mode) == 0o600
+
+
+def test_make_superset_prints_where_the_login_is_not_the_password(make_run: Run) -> None:
+    """`make superset` on the warehouse `make run` built: it starts, and prints no password."""
+    env = {**make_run.env, "SUPERSET_PORT": str(free_port())}
+    keep = ["-o", ".venv/.installed-stamp", "-o", ".venv-superset/.installed-stamp"]
+
+    def make(target: str) -> subprocess.CompletedProcess:
+        cmd = ["make", "--no-print-directory", *keep, target]
+        return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    try:
+        started = make("superset")
+        output = started.stdout + started.stderr
+        assert started.returncode == 0, output[-3000:]
+        assert "password: SUPERSET_ADMIN_PASSWORD in .env" in output
+        secrets = read_env_file(make_run.state_dir / "settings.env")
+        leaked = [k for k, v in secrets.items() if k.endswith(("PASSWORD", "KEY", "SECRET")) and v in output]
+        assert leaked == []
+    finally:
+        make("superset-stop")

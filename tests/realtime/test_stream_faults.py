@@ -6,6 +6,7 @@ transactions applied compared with those written."""
 from __future__ import annotations
 
 import random
+import secrets
 import signal
 import subprocess
 import threading
@@ -142,7 +143,7 @@ def test_sigkill_inside_the_batch_transaction(stream_env: StreamEnv, tmp_path: P
 
 def test_warehouse_restarted_under_load(pg_admin_url: str):
     """The warehouse on its own server, stopped and started while the shop writes and the stream runs."""
-    server = EmbeddedServer(data_dir_for_server("wh-restart"), free_port())
+    server = EmbeddedServer(data_dir_for_server("wh-restart"), free_port(), secrets.token_urlsafe(18))
     server.start()
     try:
         with make_stream_env(pg_admin_url, server.url("postgres")) as env:
@@ -189,7 +190,7 @@ def shipped(env: StreamEnv) -> int:
 
 def test_store_restarted_while_streaming(pg_admin_url: str):
     """The shop's server goes away under the stream and comes back: it reconnects and resumes."""
-    server = EmbeddedServer(data_dir_for_server("store-restart"), free_port())
+    server = EmbeddedServer(data_dir_for_server("store-restart"), free_port(), secrets.token_urlsafe(18))
     server.start()
     try:
         with make_stream_env(server.url("postgres"), pg_admin_url) as env:

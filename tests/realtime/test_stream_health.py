@@ -5,6 +5,7 @@ why in its status (the stack's health), and go on by itself or by the command it
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import threading
 import uuid
@@ -129,7 +130,9 @@ def test_slot_over_its_wal_budget_then_lost_is_recopied_without_losing_a_delete(
     """The store on a server whose slots may hold 1 MB of WAL: a slot nobody reads goes over the
     stream's budget (red), then the server invalidates it at a checkpoint (lost, red); the next
     start copies again, merging, and the order deleted meanwhile is a tombstone in the mirror."""
-    server = EmbeddedServer(data_dir_for_server("wal-cap"), free_port(), slot_wal_keep_mb=1)
+    server = EmbeddedServer(
+        data_dir_for_server("wal-cap"), free_port(), secrets.token_urlsafe(18), slot_wal_keep_mb=1
+    )
     server.start()
     try:
         with make_stream_env(server.url("postgres"), pg_admin_url) as env:

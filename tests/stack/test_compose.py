@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from apparel import stack
+from apparel import roles, stack
 from apparel.config import PROJECT_ROOT, Settings
 from tests.conftest import example_settings
 
@@ -46,7 +46,9 @@ def test_same_commands_as_make_up(compose: dict) -> None:
         assert service["command"] == stack.service_command(name), name
         assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "apparel.stack", "check", name]
         assert service["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
-    assert compose["services"]["init"]["command"] == ["python", "-m", "apparel.stack", "init"]
+    roles_then_init = compose["services"]["init"]["command"][-1]
+    assert " python -m apparel.roles && " in roles_then_init
+    assert roles_then_init.endswith("&& exec python -m apparel.stack init")
     # The sub-commands exist in the CLI with these arguments.
     parser = argparse.ArgumentParser()
     stack.add_arguments(parser)
@@ -125,3 +127,23 @@ def test_stream_always_simulator_on_its_profile(compose: dict) -> None:
     assert compose["x-env"]["STORE_URL"].endswith("@postgres:5432/store")
     mk = (PROJECT_ROOT / "stack.mk").read_text()
     assert "COMPOSE_PROFILES=$(if $(filter 1,$(SIMULATE)),simulator) docker compose up" in mk
+
+
+def test_each_service_logs_in_as_its_own_role(compose: dict) -> None:
+    """No shared `postgres` password: each URL names its role and that role's own password setting;
+    only the init service (apparel.roles, as `make roles`) uses the superuser's."""
+    env = compose["x-env"]
+    expected = {
+        "WAREHOUSE_URL": roles.ETL,
+        "STORE_URL": roles.SHOP,
+        "STREAM_STORE_URL": roles.STREAM,
+        "STREAM_WAREHOUSE_URL": roles.STREAM,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": roles.AIRFLOW,
+        "SUPERSET_DATABASE_URL": roles.SUPERSET,
+    }
+    for key, role in expected.items():
+        login = re.match(r"postgresql(?:\+\w+)?://(\w+):\$\{(\w+)", env[key])
+        assert login and login.groups() == (role, roles.PASSWORD_SETTINGS[role]), (key, env[key])
+    assert "POSTGRES_PASSWORD" not in yaml.safe_dump(env)
+    assert "POSTGRES_PASSWORD" in compose["services"]["init"]["command"][-1]
+    assert "scram-sha-256" in compose["services"]["postgres"]["environment"]["POSTGRES_INITDB_ARGS"]

@@ -34,6 +34,7 @@ import requests
 from apparel import stack
 from apparel.config import PROJECT_ROOT, Settings
 from apparel.embedded_pg import EmbeddedServer, free_port
+from apparel.roles import PASSWORD_SETTINGS, SUPERUSER_PASSWORD
 from apparel.superset_setup import SupersetClient
 from tests.conftest import isolated_environment
 
@@ -94,7 +95,8 @@ def stack_env() -> Iterator[dict[str, str]]:
         "SUPERSET_SECRET_KEY": uuid.uuid4().hex,
         "SUPERSET_ADMIN_USER": "admin",
         "SUPERSET_ADMIN_PASSWORD": uuid.uuid4().hex,
-        "SUPERSET_READER_PASSWORD": uuid.uuid4().hex,
+        # The database roles' (apparel.roles), the reader's among them.
+        **{name: uuid.uuid4().hex for name in (SUPERUSER_PASSWORD, *PASSWORD_SETTINGS.values())},
     }
     yield env
     # After a failure: stop what is left (the test itself checks `make down`).
@@ -222,6 +224,9 @@ def test_make_up_runs_the_pipeline_on_schedule_and_make_down_leaves_nothing(
     result = _make("up", env)
     up_seconds = time.monotonic() - began
     assert "stack up in" in result.stdout
+    # Where the logins are, never the passwords themselves.
+    secrets = {k: v for k, v in env.items() if k.endswith(("PASSWORD", "SECRET", "SECRET_KEY", "FERNET_KEY"))}
+    assert [k for k, v in secrets.items() if v in result.stdout + result.stderr] == []
     ss = st.superset()
     assert st.airflow_url in result.stdout and st.docs_url in result.stdout
     assert f"{ss.base_url}/superset/dashboard/sales/" in result.stdout

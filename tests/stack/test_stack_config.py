@@ -72,17 +72,21 @@ def test_airflow_env_uses_postgres_metadata_and_shared_secrets(
         AIRFLOW__API_AUTH__JWT_SECRET="jwt-from-dotenv",
         AIRFLOW_CONN_SHOP="postgres://u@h/shop",
         AIRFLOW__CORE__PARALLELISM="3",
+        AIRFLOW_DB_PASSWORD="af-pw",
+        APPAREL_ETL_PASSWORD="etl-pw",
     )
     env = stack.airflow_stack_env(st)
+    # Each on its own role: the metadata as `airflow`, the DAGs' warehouse connection as the ETL role.
     assert (
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql+psycopg://postgres@127.0.0.1:6543/airflow"
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        == "postgresql+psycopg://airflow:af-pw@127.0.0.1:6543/airflow"
     )
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
     assert env["AIRFLOW__CORE__FERNET_KEY"] == "fernet-from-dotenv"
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "jwt-from-dotenv"
     assert env["AIRFLOW_CONN_SHOP"] == "postgres://u@h/shop"
-    assert env["AIRFLOW_CONN_WAREHOUSE"] == "postgres://postgres@127.0.0.1:6543/warehouse"
+    assert env["AIRFLOW_CONN_WAREHOUSE"] == "postgres://apparel_etl:etl-pw@127.0.0.1:6543/warehouse"
     assert env["AIRFLOW__CORE__PARALLELISM"] == "3"  # .env wins over the defaults
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
     # From apparel.airflow_env, not repeated here.
@@ -143,3 +147,12 @@ def test_env_file_names_the_settings_file(tmp_path: Path, monkeypatch: pytest.Mo
     # A file that does not exist: nothing but the environment and the defaults.
     monkeypatch.setenv("ENV_FILE", str(tmp_path / "absent.env"))
     assert load_settings().get("SIMULATE", "0") == "0"
+
+
+def test_a_web_ui_on_a_non_loopback_address_gets_a_tls_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    for host in ("127.0.0.1", "localhost", "::1"):
+        stack.warn_if_exposed("Airflow", host)
+    assert capsys.readouterr().err == ""
+    for host in ("0.0.0.0", "::", "192.168.1.5", "apparel.example"):
+        stack.warn_if_exposed("Superset", host)
+        assert "TLS" in capsys.readouterr().err, host

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import yaml
 
 from apparel.superset_setup import (
     ASSETS_DIR,
+    CONFIG_PATH,
     SECRET_SETTINGS,
+    SUPERSET_VENV,
     build_bundle,
     ensure_env_secrets,
     normalize_asset,
@@ -173,3 +177,44 @@ def test_live_dashboard_refreshes_itself_and_reads_raw_store() -> None:
         assert dataset["schema"] == "raw_store" and "raw_store." in dataset["sql"], chart["slice_name"]
         # Live data: Superset's results cache (5 minutes) must not serve it.
         assert dataset["cache_timeout"] == -1, dataset["table_name"]
+
+
+# Loads superset_config.py as Superset does (its own environment) and asks its password lookup.
+_LOOKUP = """
+import json, runpy, sys
+from sqlalchemy.engine.url import make_url
+config = runpy.run_path(sys.argv[1])
+print(json.dumps([config["lookup_password"](make_url(url)) for url in sys.argv[2:]]))
+"""
+
+
+def _superset_config(tmp_path: Path, secret_key: str, *urls: str) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": os.environ["PATH"],
+        "STATE_DIR": str(tmp_path),
+        "SUPERSET_SECRET_KEY": secret_key,
+        "SUPERSET_READER_PASSWORD": "reader-secret",
+        "SUPERSET_WAREHOUSE_HOST": "127.0.0.1",
+        "SUPERSET_WAREHOUSE_PORT": "5433",
+        "SUPERSET_WAREHOUSE_DB": "warehouse",
+    }
+    argv = [str(SUPERSET_VENV / "bin" / "python"), "-c", _LOOKUP, str(CONFIG_PATH), *urls]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_superset_config_refuses_a_short_key_and_hands_the_password_to_the_warehouse_only(
+    tmp_path: Path,
+) -> None:
+    for key in ("", "short-key"):
+        refused = _superset_config(tmp_path, key)
+        assert refused.returncode != 0 and "SUPERSET_SECRET_KEY is missing or shorter" in refused.stderr
+    base = "postgresql+psycopg2://superset_reader@{}/{}"
+    urls = [
+        base.format("127.0.0.1:5433", "warehouse"),  # the warehouse: the only one that gets the password
+        base.format("attacker.example:5433", "warehouse"),
+        base.format("127.0.0.1:5432", "warehouse"),
+        base.format("127.0.0.1:5433", "store"),
+    ]
+    asked = _superset_config(tmp_path, "k" * 32, *urls)
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert json.loads(asked.stdout.splitlines()[-1]) == ["reader-secret", None, None, None]
