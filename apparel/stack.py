@@ -84,6 +84,8 @@ AIRFLOW_SERVICES = ("airflow-api", "airflow-scheduler", "airflow-dag-processor",
 ALL_SERVICES = (*AIRFLOW_SERVICES, "superset", "dbt-docs", "stream", "simulator")
 # Runs only when SIMULATE=1 (.env or environment), at SIMULATE_RATE orders per second.
 OPTIONAL_SERVICES = ("simulator",)
+# How long the scheduler waits for the api-server before it starts (see _wait_for_api_server).
+API_WAIT_SECONDS = 180
 
 # Written into .env (mode 600) when set neither in the environment nor in .env. The Airflow ones use
 # Airflow's own variable names, so Docker Compose hands the same `.env` to the official images as is.
@@ -360,6 +362,8 @@ def run_service(name: str) -> None:
         component = name.removeprefix("airflow-")
         if component == "api":
             write_airflow_passwords(st, env)
+        if component == "scheduler":
+            _wait_for_api_server(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
         argv = [str(AIRFLOW), "api-server" if component == "api" else component]
         if component == "api":
             argv += ["--host", st.airflow_host, "--port", str(st.airflow_port)]
@@ -386,6 +390,19 @@ def run_service(name: str) -> None:
         _exec(argv, _service_env(), name)
     else:
         raise SystemExit(f"unknown service {name!r}; one of {', '.join(ALL_SERVICES)}")
+
+
+def _wait_for_api_server(execution_api_url: str, timeout: float = API_WAIT_SECONDS) -> None:
+    """Until the api-server whose execution API the scheduler's tasks report to answers, or `timeout`:
+    a task started before it listens fails (the first `load_*` tasks of a `make up` did). After the
+    timeout the scheduler starts anyway: an api-server that never comes is its own service's failure."""
+    base = execution_api_url.rstrip("/").removesuffix("/execution")
+    deadline = time.monotonic() + timeout
+    while not http_ok(f"{base}/api/v2/monitor/health")[0]:
+        if time.monotonic() > deadline:
+            log.warning("the api-server did not answer in %.0f s; starting the scheduler anyway", timeout)
+            return
+        time.sleep(1)
 
 
 def _service_env() -> dict[str, str]:

@@ -156,3 +156,38 @@ def test_a_web_ui_on_a_non_loopback_address_gets_a_tls_warning(capsys: pytest.Ca
     for host in ("0.0.0.0", "::", "192.168.1.5", "apparel.example"):
         stack.warn_if_exposed("Superset", host)
         assert "TLS" in capsys.readouterr().err, host
+
+
+def test_the_scheduler_waits_for_the_api_server_its_tasks_report_to(caplog: pytest.LogCaptureFixture) -> None:
+    """A real HTTP server that starts answering its health after 1.5 s: the wait ends then (not before,
+    not at the timeout); with nothing listening it gives up at its timeout, saying so."""
+    import http.server
+    import threading
+    import time
+
+    from apparel.embedded_pg import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/execution/"
+    began = time.monotonic()
+    stack._wait_for_api_server(url, timeout=1)
+    assert 1 <= time.monotonic() - began < 5
+    assert "did not answer in 1 s" in caplog.text
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/api/v2/monitor/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", port), Health)
+    threading.Timer(1.5, server.serve_forever).start()
+    try:
+        began = time.monotonic()
+        stack._wait_for_api_server(url, timeout=30)
+        assert 1.5 <= time.monotonic() - began < 10
+    finally:
+        server.shutdown()
+        server.server_close()
