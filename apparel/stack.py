@@ -11,7 +11,7 @@ while the others keep running:
 | airflow-dag-processor | parses airflow/dags/                        | (reported by the api-server)     |
 | airflow-triggerer     | deferred tasks                              | (reported by the api-server)     |
 | superset              | gunicorn serving Superset                   | /health                          |
-| dbt-docs              | `dbt docs generate`, then `dbt docs serve`  | /index.html                      |
+| dbt-docs              | `dbt docs generate`, then http.server       | /index.html                      |
 | stream                | `apparel stream`: the shop's CDC stream     | its replication slot is active   |
 | simulator             | `apparel simulate` (only with SIMULATE=1)   | the store got an order recently  |
 
@@ -377,8 +377,11 @@ def run_service(name: str) -> None:
         subprocess.run(
             [dbt, "docs", "generate", "--quiet", *target], cwd=DBT_PROJECT_DIR, env=env, check=True
         )
-        argv = [dbt, "docs", "serve", *target, "--host", st.docs_host, "--port", str(st.docs_port)]
-        _exec([*argv, "--no-browser"], env, name, cwd=DBT_PROJECT_DIR)
+        # The site is static files: Python's http.server serves them. `dbt docs serve` binds without
+        # SO_REUSEADDR, so after a SIGKILL it could not bind its port again until the connections the
+        # health checks left in TIME_WAIT expired, about a minute (supervisord retried it five times).
+        argv = [str(VENV_BIN / "python"), "-m", "http.server", str(st.docs_port), "--bind", st.docs_host]
+        _exec([*argv, "--directory", str(st.docs_target)], env, name)
     elif name == "superset":
         _run_superset(st)
     elif name == "stream":
