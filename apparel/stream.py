@@ -948,14 +948,6 @@ class _Stream:
                 )
                 store.execute("select pg_drop_replication_slot(%s)", (self.slot,))
                 slot = None
-            if slot and state is not None and slot[4] and parse_lsn(slot[4]) > state:
-                raise StreamError(
-                    f"replication slot {self.slot} has confirmed the store's changes up to {slot[4]}, but"
-                    f" the warehouse holds them only up to {format_lsn(state)} (was the warehouse restored"
-                    " from a backup?): the changes in between are no longer in the slot. To recover, drop"
-                    " the slot so that the stream copies the shop's tables again, merging into the mirror:"
-                    f" select pg_drop_replication_slot('{self.slot}') on the store"
-                )
             if slot and state is None:
                 # The warehouse never committed the initial copy: start over with a new snapshot.
                 if slot[2]:
@@ -977,7 +969,7 @@ class _Stream:
                     # The old position means nothing to the new slot. Forgotten first (committed), so
                     # that a copy killed from here on leaves what an interrupted first copy leaves
                     # (a slot, no position: dropped and copied again at the next start), not a new
-                    # slot ahead of an old position, which would look like a restored warehouse.
+                    # slot with an old position that means nothing to it.
                     with warehouse.transaction():
                         warehouse.execute(
                             f"delete from {MIRROR_SCHEMA}._stream_state where slot_name = %s", (self.slot,)
