@@ -75,10 +75,11 @@ run: db-up airflow-init manifest ## the pipeline: the shop's store, Airflow inge
 MANIFEST := $(STATE_DIR)/dbt/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' -o -name '*.md' -o -name '*.csv' 2>/dev/null | grep -v -e target/ -e logs/)
 
-manifest: $(MANIFEST) ## dbt parse: the manifest Cosmos renders the transform DAG from (no database needed)
+manifest: $(MANIFEST) ## dbt parse, and the `dbt ls` of each dbt DAG's selection, which Cosmos renders it from (no database needed)
 
-$(MANIFEST): $(STAMP) $(DBT_SOURCES) apparel/sources.py
-	@$(BIN)/apparel dbt parse --quiet
+# apparel/transform.py holds the DAGs' dbt selections.
+$(MANIFEST): $(STAMP) $(DBT_SOURCES) apparel/sources.py apparel/transform.py
+	@$(BIN)/apparel manifest
 
 docs: db-up manifest ## dbt docs: generate the site (models, columns, lineage) and serve it on DBT_DOCS_PORT
 	$(BIN)/apparel dbt docs generate --quiet

@@ -80,11 +80,17 @@ from psycopg import sql
 
 from apparel.bench_ingest import bench_database, checkpoint, ensure_data, run_copy
 from apparel.config import load_settings, with_database
-from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env, downstream_of_sources
+from apparel.dbt_runner import (
+    DBT_PROJECT_DIR,
+    STREAMED_SOURCE,
+    WHOLE_HISTORY_TAG,
+    dbt_env,
+    downstream_of_sources,
+)
 from apparel.loader import load_source
 from apparel.sources import SOURCES, get_source
 from apparel.stream import drop_slot
-from apparel.transform import BUSINESS_MARTS, STREAMED_SOURCE, WHOLE_HISTORY_TAG
+from apparel.transform import BUSINESS_MARTS
 
 # Not __name__: under `python -m` that is "__main__".
 log = logging.getLogger("apparel.bench_transform")

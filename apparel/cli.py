@@ -264,6 +264,13 @@ def cmd_dbt(args: argparse.Namespace) -> int:
     return run_dbt(dbt_args, check=False).returncode
 
 
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from apparel.dbt_runner import write_render_files
+
+    write_render_files()
+    return 0
+
+
 # What `apparel marts` shows of each mart (all contract columns of the first; the second is wide).
 MART_PREVIEWS = {
     "dm_revenue_by_months": (
@@ -412,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("dbt", help="run dbt against the configured warehouse: apparel dbt -- build")
     p.add_argument("dbt_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_dbt)
+
+    p = sub.add_parser(
+        "manifest", help="dbt parse, and the `dbt ls` of each dbt DAG's selection that Cosmos renders it from"
+    )
+    p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("marts", help="print the first rows of both marts")
     p.add_argument("--limit", type=int, default=12)

@@ -730,16 +730,18 @@ def _ensure_airflow_database(st: StackSettings) -> None:
 
 
 def _ensure_manifest(st: StackSettings) -> None:
-    """The manifest Cosmos renders `transform` from (`make manifest` makes it first under make)."""
-    from apparel.dbt_runner import DBT_PROJECT_DIR, run_dbt
+    """The manifest and `dbt ls` files Cosmos renders the dbt DAGs from (`make manifest` makes them
+    first under make)."""
+    from apparel.dbt_runner import DBT_PROJECT_DIR, manifest_path, write_render_files
 
-    manifest = st.state_dir / "dbt" / "target" / "manifest.json"
+    manifest = manifest_path()
     sources = [p for p in DBT_PROJECT_DIR.rglob("*") if p.suffix in (".sql", ".yml", ".md")]
     sources = [p for p in sources if not {"target", "logs"} & set(p.relative_to(DBT_PROJECT_DIR).parts)]
-    newest = max((p.stat().st_mtime for p in [*sources, PROJECT_ROOT / "apparel" / "sources.py"]), default=0)
+    inputs = [*sources, PROJECT_ROOT / "apparel" / "sources.py", PROJECT_ROOT / "apparel" / "transform.py"]
+    newest = max((p.stat().st_mtime for p in inputs), default=0)
     if not manifest.exists() or manifest.stat().st_mtime < newest:
-        log.info("dbt parse (the manifest the transform DAG is rendered from)")
-        run_dbt(["parse", "--quiet"])
+        log.info("dbt parse and ls (what the dbt DAGs are rendered from)")
+        write_render_files()
 
 
 def _logged(cmd: list[str], env: dict[str, str], log_path: Path, what: str) -> None:

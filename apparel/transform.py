@@ -3,15 +3,21 @@
 `transform` builds and tests the project when the extracts change, incrementally: the models that
 follow what changed (staging, core, the brief's two marts). `business_marts` then rebuilds the
 business marts, which rank, pair and group the whole history, once `transform` has updated the
-fact. `fresh_marts` rebuilds every minute the tables downstream of the shop's streamed tables
-(raw_store). Cosmos reads the manifest that `make manifest` (`dbt parse`) writes, so parsing a DAG
-file never runs dbt or touches the database.
+fact. `fresh_marts` rebuilds the tables downstream of the shop's streamed tables (raw_store).
 
-The DAGs must not build the same models at the same time. Their dbt tasks run in the Airflow
-pool `dbt_warehouse` (created by `apparel.stack prepare`, i.e. `make up`; `airflow dags test`
-ignores pools): a transform or business_marts task takes one of its slots, a fresh_marts task
-takes all of them. So the daily builds keep their parallelism, and a fresh_marts task runs only
-when no other dbt task runs, and the other way round.
+Each runs dbt in Cosmos' watcher execution mode: one `dbt build` per DAG run (the task
+`dbt.dbt_producer_watcher`), so dbt starts once, and per model a task (and one for its tests) that
+reports that node's status and log as the build reaches it, and runs dbt for that node alone when
+retried or cleared. Cosmos renders each DAG from the `dbt ls` output of its selection (LoadMode.DBT_LS_FILE),
+which `make manifest` writes (`apparel manifest`): so Cosmos renders exactly the nodes, tests included,
+that dbt's own selection gives the build (the tests of a model the build excludes, such as the
+business marts' reconciliations with the fact, are neither built nor rendered), and parsing a DAG
+file, which Airflow does at every task start, reads a small file and never runs dbt.
+
+The DAGs must not build the same models at the same time. Their builds run in the Airflow pool
+`dbt_warehouse` (created by `apparel.stack prepare`, i.e. `make up`; `airflow dags test` ignores
+pools) and take all its slots, so one build runs at a time. The tasks that report on a build wait
+outside the pool: they build nothing unless retried.
 """
 
 from __future__ import annotations
@@ -23,20 +29,22 @@ from airflow.sdk import Asset
 
 from apparel.airflow_env import PARALLELISM
 from apparel.config import load_settings
-from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env
-from apparel.store import MIRROR_SCHEMA, STORE_TABLES
+from apparel.dbt_runner import (
+    DBT_PROJECT_DIR,
+    DBT_SELECTIONS,
+    NOT_RENDERED,
+    STREAMED_SOURCE,
+    dbt_env,
+    dbt_ls_path,
+)
 
-# The brief's marts, kept fresh every minute by `fresh_marts` too.
+# The brief's marts, kept fresh by `fresh_marts` too.
 FRESH_MARTS = ("dm_revenue_by_months", "dm_perfomance_product_by_cities")
 # The business marts recompute from the whole history: `business_marts` only (tag in dbt_project.yml).
-WHOLE_HISTORY_TAG = "whole_history"
 BUSINESS_MARTS = ("dm_customer_segments", "dm_cohort_retention", "dm_product_affinity", "dm_market_reach")
 MARTS = FRESH_MARTS + BUSINESS_MARTS
-# Exposures (the Superset dashboards in the dbt docs' lineage) are documentation, not work: no task.
-NOT_RENDERED = ["resource_type:exposure"]
-STREAMED_SOURCE = MIRROR_SCHEMA  # the dbt source of the mirror is named after its schema
 DBT_POOL = "dbt_warehouse"
-# As many slots as Airflow runs tasks at once.
+# As many slots as Airflow runs tasks at once; a build takes them all.
 DBT_POOL_SLOTS = PARALLELISM
 
 
@@ -50,81 +58,63 @@ BUSINESS_MARTS_ASSETS = marts_assets(BUSINESS_MARTS)
 FACT_ASSET = Asset(name="core.fct_transactions", uri="postgres://warehouse/core/fct_transactions")
 
 
-def manifest_path() -> Path:
-    return load_settings().state_dir / "dbt" / "target" / "manifest.json"
-
-
-def cosmos_configs(select: list[str] | None = None, exclude: list[str] | None = None) -> dict:
-    """ProjectConfig, ProfileConfig, ExecutionConfig and RenderConfig for DbtTaskGroup/DbtDag: the
-    models `select` picks (all by default) but those `exclude` names, each tested after it runs."""
+def cosmos_configs(dag_id: str) -> dict:
+    """ProjectConfig, ProfileConfig, ExecutionConfig, RenderConfig and operator_args for the
+    DbtTaskGroup of the dbt DAG `dag_id`: its selection, built by one `dbt build`, each model's tests
+    reported after it."""
     from cosmos import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
     from cosmos.constants import ExecutionMode, LoadMode, TestBehavior
 
-    manifest = manifest_path()
-    if not manifest.exists():
-        raise FileNotFoundError(f"dbt manifest missing at {manifest}: run `make manifest` (dbt parse) first")
-    settings = load_settings()
+    listed = dbt_ls_path(dag_id)
+    if not listed.exists():
+        raise FileNotFoundError(f"dbt ls output missing at {listed}: run `make manifest` first")
+    selection = DBT_SELECTIONS[dag_id]
     return {
-        "project_config": ProjectConfig(
-            dbt_project_path=DBT_PROJECT_DIR, manifest_path=manifest, project_name="apparel"
-        ),
+        "project_config": ProjectConfig(dbt_project_path=DBT_PROJECT_DIR, project_name="apparel"),
         "profile_config": ProfileConfig(
             profile_name="apparel",
             target_name="dev",
             profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml",
         ),
-        # dbt from this same environment: several times faster per task than a second virtualenv.
         "execution_config": ExecutionConfig(
-            execution_mode=ExecutionMode.LOCAL, dbt_executable_path=str(Path(sys.executable).parent / "dbt")
+            execution_mode=ExecutionMode.WATCHER,
+            # dbt from this same environment, which the producer runs in its own process (dbtRunner).
+            dbt_executable_path=str(Path(sys.executable).parent / "dbt"),
+            # The producer runs the whole build: every slot of the pool the dbt DAGs share.
+            setup_operator_args={"pool": DBT_POOL, "pool_slots": DBT_POOL_SLOTS},
         ),
         "render_config": RenderConfig(
-            load_method=LoadMode.DBT_MANIFEST,
+            load_method=LoadMode.DBT_LS_FILE,
+            dbt_ls_path=listed,
+            # The producer's `dbt build --select/--exclude`: the selection the file lists.
+            select=list(selection.select),
+            exclude=[*selection.exclude, NOT_RENDERED],
             test_behavior=TestBehavior.AFTER_EACH,
-            select=select or [],
-            exclude=[*(exclude or []), *NOT_RENDERED],
-            # Tests that read two models (relationships, reconciliations) get their own task after both;
-            # otherwise Cosmos runs them with one parent, possibly before the other model exists.
-            should_detach_multiple_parents_tests=True,
-            # We publish the marts as assets ourselves (below); Cosmos' own needs OpenLineage.
+            # We publish the marts as assets ourselves (in the DAGs); Cosmos' own needs OpenLineage.
             emit_datasets=False,
         ),
         "operator_args": {
-            # The warehouse connection split for profiles.yml; computed at parse time (reads only .env).
-            "env": dbt_env(settings),
-            "append_env": True,
-            "install_deps": False,
-            # One slot of the pool it shares with fresh_marts (see the module's docstring).
-            "pool": DBT_POOL,
+            **dbt_run_args(),
+            # How the tasks that report on the build wait for their node's result. Not deferred (Cosmos'
+            # default), which `airflow dags test` runs inline, one task at a time in no set order: a
+            # consumer taken before the producer would wait for a build that never starts. Rescheduled
+            # instead: a poke that finds no result frees the task's worker slot (and, in `dags test`, its
+            # turn) until the next one, a second apart as the build moves fast.
+            "deferrable": False,
+            "mode": "reschedule",
+            "poke_interval": 1,
         },
     }
 
 
-def fresh_marts_configs() -> dict:
-    """Cosmos configuration of `fresh_marts`: only the models downstream of the streamed tables.
-
-    The staging views stay in, although replacing a view changes nothing: Cosmos links a model only
-    to rendered parents, and without them dim_customers would not wait for base_customers. The
-    business marts are left out: they
-    recompute from the whole history (tag `whole_history`): `business_marts` builds them. Tests are left
-    to the daily `transform`: the fresh path rebuilds, it does not re-check. dbt runs inside the task's own
-    process (dbtRunner), which saves a Python start and dbt's imports per model.
-    """
-    from cosmos import ExecutionConfig, RenderConfig
-    from cosmos.constants import InvocationMode, LoadMode, TestBehavior
-
-    configs = cosmos_configs()
-    configs["render_config"] = RenderConfig(
-        load_method=LoadMode.DBT_MANIFEST,
-        # Everything downstream of each mirrored table (Cosmos names a source `<source>.<table>`).
-        select=[f"source:{STREAMED_SOURCE}.{table.name}+" for table in STORE_TABLES],
-        exclude=[f"tag:{WHOLE_HISTORY_TAG}", *NOT_RENDERED],
-        test_behavior=TestBehavior.NONE,
-        emit_datasets=False,
-    )
-    configs["execution_config"] = ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER)
-    # All the pool's slots: no dbt task of `transform` runs beside a fresh_marts task.
-    configs["operator_args"] = {**configs["operator_args"], "pool_slots": DBT_POOL_SLOTS}
-    return configs
+def dbt_run_args() -> dict:
+    """The arguments of any Cosmos task that runs dbt."""
+    return {
+        # The warehouse connection split for profiles.yml; computed at parse time (reads only .env).
+        "env": dbt_env(load_settings()),
+        "append_env": True,
+        "install_deps": False,
+    }
 
 
 def store_freshness():
@@ -134,15 +124,13 @@ def store_freshness():
     from cosmos.constants import InvocationMode
     from cosmos.operators.local import DbtSourceLocalOperator
 
-    configs = cosmos_configs()
-    operator_args = {k: v for k, v in configs["operator_args"].items() if k != "pool"}
     return DbtSourceLocalOperator(
         task_id="store_freshness",
         project_dir=str(DBT_PROJECT_DIR),
-        profile_config=configs["profile_config"],
+        profile_config=cosmos_configs("fresh_marts")["profile_config"],
         select=f"source:{STREAMED_SOURCE}",
         invocation_mode=InvocationMode.DBT_RUNNER,
-        **operator_args,
+        **dbt_run_args(),
     )
 
 

@@ -4,7 +4,8 @@ Segments, cohorts, product affinity and market reach rank, pair and group every 
 and city of the whole history, so each build recomputes them from the whole fact (tens of seconds
 at scale 100). They follow the fact's asset, which `transform` updates after each ingest, in a DAG
 of their own: the incremental `transform` (and the brief's marts) does not wait for them, and
-`fresh_marts`, every minute, leaves them out. Each model is a task group (run, then its tests).
+`fresh_marts` leaves them out. One `dbt build` (Cosmos' watcher mode) does the work; each model
+is a task group (run, then its tests) that reports its own result.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup
 
-from apparel.transform import BUSINESS_MARTS_ASSETS, FACT_ASSET, WHOLE_HISTORY_TAG, cosmos_configs
+from apparel.transform import BUSINESS_MARTS_ASSETS, FACT_ASSET, cosmos_configs
 
 
 @dag(
@@ -28,7 +29,7 @@ from apparel.transform import BUSINESS_MARTS_ASSETS, FACT_ASSET, WHOLE_HISTORY_T
     doc_md=__doc__,
 )
 def business_marts() -> None:
-    dbt = DbtTaskGroup(group_id="dbt", **cosmos_configs(select=[f"tag:{WHOLE_HISTORY_TAG}"]))
+    dbt = DbtTaskGroup(group_id="dbt", **cosmos_configs("business_marts"))
 
     @task(outlets=BUSINESS_MARTS_ASSETS)
     def publish_marts() -> None:

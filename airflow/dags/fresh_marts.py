@@ -4,8 +4,9 @@ The CDC stream (`apparel stream`) mirrors the shop's tables into raw_store withi
 DAG rebuilds only the tables downstream of them (the dimensions that read them, and incrementally
 `fct_transactions` and the brief's two marts; the business marts, which recompute from the whole
 history, are left to `business_marts`), so an order placed in the shop reaches the marts within
-two minutes. Tests stay in the daily `transform`; this DAG also checks the stream's freshness. It and
-`transform` share a pool so they never build the same models at once (see apparel.transform).
+two minutes. One `dbt build` (Cosmos' watcher mode) builds and tests them, so nothing it builds goes
+untested; this DAG also checks the stream's freshness. It and `transform` share a pool so they never
+build the same models at once (see apparel.transform).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup
 
-from apparel.transform import FRESH_MARTS_ASSETS, fresh_marts_configs, model_built, store_freshness
+from apparel.transform import FRESH_MARTS_ASSETS, cosmos_configs, model_built, store_freshness
 
 
 @dag(
@@ -36,7 +37,7 @@ def fresh_marts() -> None:
         """Skips the run until the daily transform has built the model once."""
         return model_built()
 
-    dbt = DbtTaskGroup(group_id="dbt", **fresh_marts_configs())
+    dbt = DbtTaskGroup(group_id="dbt", **cosmos_configs("fresh_marts"))
 
     @task(outlets=FRESH_MARTS_ASSETS)
     def publish_marts() -> None:

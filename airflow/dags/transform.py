@@ -1,9 +1,11 @@
 """Build the dbt Kimball model (staging, core, the brief's marts) through Cosmos when raw data changes.
 
 Scheduled on the raw layer's asset, which `ingest_dataset` updates once its
-loads are done and at least one raw table changed. Each dbt model is a task
-group (run, then its tests); the fact and the marts are published as assets
-for dashboards and downstream DAGs (`business_marts` follows the fact).
+loads are done and at least one raw table changed. One `dbt build` (Cosmos'
+watcher mode, see apparel.transform) does the work; each dbt model is a task
+group (run, then its tests) that reports its own result. The fact and the
+marts are published as assets for dashboards and downstream DAGs
+(`business_marts` follows the fact).
 
 The incremental models (the base models under staging, `dim_customers`, the
 fact, the brief's two marts) build only what changed; the business marts, which
@@ -21,7 +23,7 @@ from airflow.sdk import Param, dag, task
 from cosmos import DbtTaskGroup
 
 from apparel.ingest import RAW_LAYER
-from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, WHOLE_HISTORY_TAG, cosmos_configs
+from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, cosmos_configs
 
 
 @dag(
@@ -42,8 +44,9 @@ from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, WHOLE_HISTORY_TAG,
     },
 )
 def transform() -> None:
-    configs = cosmos_configs(exclude=[f"tag:{WHOLE_HISTORY_TAG}"])
-    # Cosmos renders the template per task: dbt run/build/seed get --full-refresh when the param is set.
+    configs = cosmos_configs("transform")
+    # Cosmos renders the template per task: the build, and a retried model's own dbt run, get
+    # --full-refresh when the param is set.
     configs["operator_args"] = {**configs["operator_args"], "full_refresh": "{{ params.full_refresh }}"}
     dbt = DbtTaskGroup(group_id="dbt", **configs)
 
