@@ -24,7 +24,7 @@ DBT_DOCS_PORT := $(DBT_DOCS_PORT)
 
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test format down db-up db-status roles store generate bench-ingest bench-transform bench-stream lock clean airflow-init manifest dbt-build docs
+.PHONY: help venv run test format down db-up db-status roles store generate bench-ingest bench-transform bench-stream bench-orchestration lock clean airflow-init manifest dbt-build docs
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -77,8 +77,8 @@ DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' -o -name 
 
 manifest: $(MANIFEST) ## dbt parse, and the `dbt ls` of each dbt DAG's selection, which Cosmos renders it from (no database needed)
 
-# apparel/transform.py holds the DAGs' dbt selections.
-$(MANIFEST): $(STAMP) $(DBT_SOURCES) apparel/sources.py apparel/transform.py
+# apparel/dbt_runner.py holds the dbt DAGs' selections.
+$(MANIFEST): $(STAMP) $(DBT_SOURCES) apparel/sources.py apparel/dbt_runner.py
 	@$(BIN)/apparel manifest
 
 docs: db-up manifest ## dbt docs: generate the site (models, columns, lineage) and serve it on DBT_DOCS_PORT
@@ -109,6 +109,9 @@ bench-ingest: venv ## compare our loader with psql \copy and pandas.to_sql at SC
 
 bench-transform: venv ## dbt build from scratch, then incremental steps (extracts, shop) at SCALES (default "10 100 1000")
 	$(BIN)/python -m apparel.bench_transform --scales $(or $(SCALES),10 100 1000) --seed $(SEED)
+
+bench-orchestration: db-up airflow-init manifest ## transform (Cosmos watcher) under `airflow dags test` and the scheduler against a plain dbt build (ROUNDS=3)
+	$(BIN)/python -m apparel.bench_orchestration --rounds $(or $(ROUNDS),3)
 
 bench-stream: venv ## CDC stream at 100, 1000, 5000 orders/s (BENCH_STREAM_ARGS="--seconds 20"): lag, rows compared
 	$(BIN)/python -m apparel.bench_stream $(BENCH_STREAM_ARGS)

@@ -737,7 +737,7 @@ def _ensure_manifest(st: StackSettings) -> None:
     manifest = manifest_path()
     sources = [p for p in DBT_PROJECT_DIR.rglob("*") if p.suffix in (".sql", ".yml", ".md")]
     sources = [p for p in sources if not {"target", "logs"} & set(p.relative_to(DBT_PROJECT_DIR).parts)]
-    inputs = [*sources, PROJECT_ROOT / "apparel" / "sources.py", PROJECT_ROOT / "apparel" / "transform.py"]
+    inputs = [*sources, PROJECT_ROOT / "apparel" / "sources.py", PROJECT_ROOT / "apparel" / "dbt_runner.py"]
     newest = max((p.stat().st_mtime for p in inputs), default=0)
     if not manifest.exists() or manifest.stat().st_mtime < newest:
         log.info("dbt parse and ls (what the dbt DAGs are rendered from)")
@@ -813,7 +813,7 @@ def prepare(st: StackSettings) -> None:
     log.info("Airflow metadata migrated in %.1f s", time.monotonic() - step)
     # The pool that keeps `transform` and `fresh_marts` from building the same models at once
     # (apparel.transform); the scheduler does not run tasks of a pool that does not exist.
-    description = "dbt builds: a transform task takes 1 slot, a fresh_marts task all of them"
+    description = "dbt builds: each DAG's one dbt build (Cosmos' watcher producer) takes all slots"
     pool = [str(AIRFLOW), "pools", "set", DBT_POOL, str(DBT_POOL_SLOTS), description]
     _logged(pool, env, st.run_dir / "logs" / "airflow-pools.log", "airflow pools set")
 

@@ -5,8 +5,8 @@ state folder and its own (empty) settings file, the scheduler doing the work.
 extracts and queued `transform`, the test triggers `ingest_dataset` with {"force": true} through
 Airflow's REST API and follows that run, through the raw layer's asset event it published, to the
 `transform` run that event created: that run must succeed and build the marts. An order placed in
-the shop must then reach the marts (the stream, then `fresh_marts`), and no `fresh_marts` dbt task
-may have run while a `transform` dbt task ran (the pool they share), with at least one `fresh_marts`
+the shop must then reach the marts (the stream, then `fresh_marts`), and no `fresh_marts` dbt build
+may have run while a `transform` dbt build ran (the pool they share), with at least one `fresh_marts`
 run having waited on the forced `transform`. Every service's memory is measured on the way. Then each
 service is killed with SIGKILL in turn: supervisord must start it again while the others stay
 healthy, and the shop and the warehouse must still agree row by row. Then `make down` must leave no
@@ -425,10 +425,10 @@ def _order_reaches_the_marts(st: stack.StackSettings) -> dict[str, float]:
 
 
 def _dbt_tasks_never_overlap(api: Airflow, transformed: dict) -> dict[str, int]:
-    """No `fresh_marts` dbt task ran while a `transform` dbt task ran (their shared pool), checked on
+    """No `fresh_marts` dbt build ran while a `transform` dbt build ran (their shared pool), checked on
     every run of both DAGs so far; and the check had something to prove: a `fresh_marts` run was
-    active during the forced ingest's `transform`, and a dbt task of it was ready to run while a
-    `transform` dbt task ran, and waited."""
+    active during the forced ingest's `transform`, and its build was ready to run while the
+    `transform` build ran, and waited."""
     now = datetime.now(UTC)
 
     def intervals(dag_id: str) -> dict[str, list[tuple[datetime, datetime, dict]]]:
@@ -437,11 +437,13 @@ def _dbt_tasks_never_overlap(api: Airflow, transformed: dict) -> dict[str, int]:
             by_run[run["dag_run_id"]] = [
                 (_ts(ti["start_date"]), _ts(ti["end_date"]) if ti["end_date"] else now, ti)
                 for ti in api.task_instances(dag_id, run["dag_run_id"])
-                # The dbt task group (models, tests, seeds, snapshots); not store_freshness, which
-                # only reads, nor the short-circuit and publishing tasks. Only tasks that ran: a
-                # fresh_marts run before the model exists skips its dbt tasks, which then get a
-                # start and an end date (the same instant) without ever running.
-                if ti["task_id"].startswith("dbt.") and ti["start_date"] and ti["state"] not in NEVER_RAN
+                # The one `dbt build` of each run (Cosmos' watcher producer); not the tasks that
+                # report on it, which build nothing, nor store_freshness, which only reads. Only
+                # builds that ran: a fresh_marts run before the model exists skips its dbt tasks,
+                # which then get a start and an end date (the same instant) without ever running.
+                if ti["task_id"] == "dbt.dbt_producer_watcher"
+                and ti["start_date"]
+                and ti["state"] not in NEVER_RAN
             ]
         return by_run
 
