@@ -11,15 +11,17 @@ from airflow.dag_processing.dagbag import DagBag
 
 from apparel.config import PROJECT_ROOT
 from apparel.dbt_runner import run_dbt
-from apparel.transform import DBT_POOL, DBT_POOL_SLOTS, FRESH_MARTS
+from apparel.transform import FRESH_MARTS
 from tests.conftest import airflow_dags_test, query, scalar
 from tests.dbt.conftest import mirror
+from tests.integration.test_transform_dag import assert_renders_what_the_build_runs
 
 pytestmark = pytest.mark.slow
 
 # The models downstream of raw_store: the base models that resolve the shop against the extracts and
-# the staging views on them, the dimensions that read them, the fact, the brief's two marts. No tests,
-# no exposures, and not the business marts, which recompute from the whole history (left to `business_marts`).
+# the staging views on them, the dimensions that read them, the fact, the brief's two marts (with
+# their tests). No exposures, and not the business marts, which recompute from the whole history
+# (left to `business_marts`).
 FRESH_MODELS = {
     "base_customers",
     "base_orders",
@@ -43,37 +45,27 @@ PLACED_ON = date(2024, 2, 1)
 def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> None:
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "airflow" / "dags"))
     dag = bag.dags["fresh_marts"]
-    dbt_tasks = {t.task_id for t in dag.tasks if t.task_id.startswith("dbt.")}
-    assert dbt_tasks == {f"dbt.{m}_run" for m in FRESH_MODELS}
+    # One dbt build of the models downstream of raw_store and their tests, in every slot of the pool
+    # it shares with transform's build: never beside it.
+    assert_renders_what_the_build_runs(dag, "fresh_marts")
+    runs = [t for t in dag.tasks if type(t).__name__ == "DbtRunWatcherOperator"]
+    assert {t.model_unique_id.split(".")[-1] for t in runs} == FRESH_MODELS
     assert dag.timetable.expression == "* * * * *"
     assert dag.max_active_runs == 1 and not dag.catchup
+    assert dag.get_task("dbt.dbt_producer_watcher").upstream_task_ids == {"transform_has_run"}
     assert dag.get_task("dbt.base_customers_run").upstream_task_ids == {"transform_has_run"}
     # dim_customers reads stg_customers, and base_customers for the customers deleted since its last run
-    assert dag.get_task("dbt.dim_customers_run").upstream_task_ids == {
-        "dbt.stg_customers_run",
+    assert dag.get_task("dbt.dim_customers.run").upstream_task_ids == {
+        "dbt.stg_customers.test",
         "dbt.base_customers_run",
-    }
-    assert dag.get_task("dbt.stg_customers_run").upstream_task_ids == {"dbt.base_customers_run"}
-    assert dag.get_task("dbt.fct_transactions_run").upstream_task_ids == {
-        "dbt.base_customers_run",
-        "dbt.base_orders_run",
-        "dbt.base_order_details_run",
-        "dbt.stg_orders_run",
-        "dbt.stg_order_details_run",
-        "dbt.dim_customers_run",
     }
     # the monthly mart also reads the base models: the dates of the lines removed since its last run
-    assert dag.get_task("dbt.dm_revenue_by_months_run").upstream_task_ids == {
-        "dbt.fct_transactions_run",
-        "dbt.dim_dates_run",
-        "dbt.base_orders_run",
-        "dbt.base_order_details_run",
+    assert dag.get_task("dbt.dm_revenue_by_months.run").upstream_task_ids == {
+        "dbt.fct_transactions.test",
+        "dbt.dim_dates.test",
+        "dbt.base_orders.test",
+        "dbt.base_order_details.test",
     }
-    # Never beside a dbt task of `transform`: each fresh task takes every slot of the pool they share.
-    for task_id in dbt_tasks:
-        task = dag.get_task(task_id)
-        assert (task.pool, task.pool_slots) == (DBT_POOL, DBT_POOL_SLOTS)
-    assert {t.pool for t in bag.dags["transform"].tasks if t.task_id.startswith("dbt.")} == {DBT_POOL}
     assert {o.name for o in dag.get_task("publish_marts").outlets} == {f"marts.{m}" for m in FRESH_MARTS}
 
 
