@@ -22,7 +22,6 @@ import psycopg
 from psycopg import sql
 
 from apparel.config import redact_url, with_database
-from apparel.readers import open_extract
 from apparel.sources import Source, get_source
 
 log = logging.getLogger(__name__)
@@ -421,6 +420,10 @@ order by d.order_detail_id""",
 def _stage_extract(conn: psycopg.Connection, source: Source, dataset_dir: Path) -> tuple[str, int]:
     """COPY one extract into a temporary table typed like its raw table; returns its name and rows."""
     from apparel.loader import check_columns, copy_error, create_table_sql
+
+    # Imported here: the dbt DAG files import this module (the mirror's tables) at every task start,
+    # and the readers pull in pyarrow (about a second of CPU on a loaded machine).
+    from apparel.readers import open_extract
 
     extract = open_extract(source, dataset_dir / source.file)
     check_columns(source, extract)
