@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apparel.airflow_env import AIRFLOW, airflow_env
-from apparel.config import load_settings
+from apparel.config import load_settings, redact_url
 from apparel.dbt_runner import DBT_SELECTIONS, run_dbt
 from apparel.transform import model_built
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     if not model_built():
         raise SystemExit(f"no model on {settings.warehouse_url}: run `make run` first")
-    console.print(f"warehouse {settings.warehouse_url}; {load()}")
+    console.print(f"warehouse {redact_url(settings.warehouse_url)}; {load()}")
     console.print("untimed warm-up: a plain dbt build, then the DAG once (Cosmos' partial parse cache)")
     time_plain_dbt()
     if args.dags_test:
