@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings()
     if not model_built():
-        raise SystemExit(f"no model on {settings.warehouse_url}: run `make run` first")
+        raise SystemExit(f"no model on {redact_url(settings.warehouse_url)}: run `make run` first")
     console.print(f"warehouse {redact_url(settings.warehouse_url)}; {load()}")
     console.print("untimed warm-up: a plain dbt build, then the DAG once (Cosmos' partial parse cache)")
     time_plain_dbt()
