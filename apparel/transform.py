@@ -93,18 +93,30 @@ def cosmos_configs(dag_id: str) -> dict:
             # We publish the marts as assets ourselves (in the DAGs); Cosmos' own needs OpenLineage.
             emit_datasets=False,
         ),
-        "operator_args": {
-            **dbt_run_args(),
-            # How the tasks that report on the build wait for their node's result. Not deferred (Cosmos'
-            # default), which `airflow dags test` runs inline, one task at a time in no set order: a
-            # consumer taken before the producer would wait for a build that never starts. Rescheduled
-            # instead: a poke that finds no result frees the task's worker slot (and, in `dags test`, its
-            # turn) until the next one, a second apart as the build moves fast.
-            "deferrable": False,
-            "mode": "reschedule",
-            "poke_interval": 1,
-        },
+        "operator_args": dbt_run_args(),
     }
+
+
+def report_after_the_build(group) -> None:
+    """The tasks of the DbtTaskGroup `group` that report on its build start once the build is done,
+    whatever its outcome (each then reports its own node: a failed test fails its own task).
+
+    Cosmos (1.15) starts them beside the build in a DbtTaskGroup, waiting for its results. Neither way
+    they can wait works here: `airflow dags test` runs one task at a time, in no set order, and runs a
+    deferred task's trigger inline (Cosmos' default), so a report task taken before the build waits
+    for a build that never starts; in `reschedule` mode, polled every second, the scheduler races the
+    executor and fails a task it has just rescheduled (Airflow: "finished with state success, but the
+    task instance's state attribute is queued"). After the build, a report task finds its result at
+    its first look; on two cores, starting them earlier would only take CPU from dbt.
+    """
+    from airflow.task.trigger_rule import TriggerRule
+    from cosmos.constants import PRODUCER_WATCHER_TASK_ID
+
+    producer = group.children[f"{group.group_id}.{PRODUCER_WATCHER_TASK_ID}"]
+    for task in group.roots:
+        if task is not producer:
+            producer >> task
+            task.trigger_rule = TriggerRule.ALL_DONE
 
 
 def dbt_run_args() -> dict:

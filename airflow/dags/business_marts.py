@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup
 
-from apparel.transform import BUSINESS_MARTS_ASSETS, FACT_ASSET, cosmos_configs
+from apparel.transform import BUSINESS_MARTS_ASSETS, FACT_ASSET, cosmos_configs, report_after_the_build
 
 
 @dag(
@@ -30,6 +30,7 @@ from apparel.transform import BUSINESS_MARTS_ASSETS, FACT_ASSET, cosmos_configs
 )
 def business_marts() -> None:
     dbt = DbtTaskGroup(group_id="dbt", **cosmos_configs("business_marts"))
+    report_after_the_build(dbt)
 
     @task(outlets=BUSINESS_MARTS_ASSETS)
     def publish_marts() -> None:

@@ -16,7 +16,13 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup
 
-from apparel.transform import FRESH_MARTS_ASSETS, cosmos_configs, model_built, store_freshness
+from apparel.transform import (
+    FRESH_MARTS_ASSETS,
+    cosmos_configs,
+    model_built,
+    report_after_the_build,
+    store_freshness,
+)
 
 
 @dag(
@@ -38,6 +44,7 @@ def fresh_marts() -> None:
         return model_built()
 
     dbt = DbtTaskGroup(group_id="dbt", **cosmos_configs("fresh_marts"))
+    report_after_the_build(dbt)
 
     @task(outlets=FRESH_MARTS_ASSETS)
     def publish_marts() -> None:

@@ -23,7 +23,7 @@ from airflow.sdk import Param, dag, task
 from cosmos import DbtTaskGroup
 
 from apparel.ingest import RAW_LAYER
-from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, cosmos_configs
+from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, cosmos_configs, report_after_the_build
 
 
 @dag(
@@ -49,6 +49,7 @@ def transform() -> None:
     # --full-refresh when the param is set.
     configs["operator_args"] = {**configs["operator_args"], "full_refresh": "{{ params.full_refresh }}"}
     dbt = DbtTaskGroup(group_id="dbt", **configs)
+    report_after_the_build(dbt)
 
     @task(outlets=[FACT_ASSET, *FRESH_MARTS_ASSETS])
     def publish_marts() -> None:

@@ -53,7 +53,7 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
     assert dag.timetable.expression == "* * * * *"
     assert dag.max_active_runs == 1 and not dag.catchup
     assert dag.get_task("dbt.dbt_producer_watcher").upstream_task_ids == {"transform_has_run"}
-    assert dag.get_task("dbt.base_customers_run").upstream_task_ids == {"transform_has_run"}
+    assert dag.get_task("dbt.base_customers_run").upstream_task_ids == {"dbt.dbt_producer_watcher"}
     # dim_customers reads stg_customers, and base_customers for the customers deleted since its last run
     assert dag.get_task("dbt.dim_customers.run").upstream_task_ids == {
         "dbt.stg_customers.test",

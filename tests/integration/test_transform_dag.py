@@ -50,12 +50,19 @@ def assert_renders_what_the_build_runs(dag, dag_id: str) -> None:
     selection = DBT_SELECTIONS[dag_id]
     assert producer.select == (" ".join(selection.select) or None)
     assert producer.exclude.split() == [*selection.exclude, "resource_type:exposure"]
-    consumers = [t for t in dag.tasks if t.task_id.startswith("dbt.") and t is not producer]
+    # (and Cosmos' gate after the build, an EmptyOperator that keeps a skipped build from skipping
+    # what follows the group)
+    gates = (PRODUCER, f"{PRODUCER}_done")
+    consumers = [t for t in dag.tasks if t.task_id.startswith("dbt.") and t.task_id not in gates]
     assert {t.pool for t in consumers} == {"default_pool"}
     test_tasks = {t.model_unique_id for t in consumers if type(t).__name__ == "DbtTestWatcherOperator"}
     assert test_tasks == set(producer.tests_per_model)
     rendered = {test for tests in producer.tests_per_model.values() for test in tests}
     assert rendered == dbt_tests(dag_id)
+    # They start once the build is done, whatever its outcome, and each reports its own node.
+    first = {t for t in consumers if not t.upstream_task_ids & {c.task_id for c in consumers}}
+    assert first and all(t.upstream_task_ids == {PRODUCER} for t in first)
+    assert {t.trigger_rule for t in first} == {"all_done"}
 
 
 def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
