@@ -8,11 +8,12 @@ fact. `fresh_marts` rebuilds the tables downstream of the shop's streamed tables
 Each runs dbt in Cosmos' watcher execution mode: one `dbt build` per DAG run (the task
 `dbt.dbt_producer_watcher`), so dbt starts once, and per model a task (and one for its tests) that
 reports that node's status and log once the build is done (`report_after_the_build`), and runs dbt
-for that node alone when retried or cleared. Cosmos renders each DAG from the `dbt ls` output of its selection (LoadMode.DBT_LS_FILE),
-which `make manifest` writes (`apparel manifest`): so Cosmos renders exactly the nodes, tests included,
-that dbt's own selection gives the build (the tests of a model the build excludes, such as the
-business marts' reconciliations with the fact, are neither built nor rendered), and parsing a DAG
-file, which Airflow does at every task start, reads a small file and never runs dbt.
+for that node alone when retried or cleared. Cosmos renders each DAG from the `dbt ls` output of its
+selection (LoadMode.DBT_LS_FILE), which `make manifest` writes (`apparel manifest`): so Cosmos renders
+exactly the nodes, tests included, that dbt's own selection gives the build (the tests of a model the
+build excludes, such as the business marts' reconciliations with the fact, are neither built nor
+rendered), and parsing a DAG file, which Airflow does at every task start, reads a small file and
+never runs dbt.
 
 The DAGs must not build the same models at the same time. Their builds run in the Airflow pool
 `dbt_warehouse` (created by `apparel.stack prepare`, i.e. `make up`; `airflow dags test` ignores
