@@ -3,9 +3,10 @@
 `transform` builds and tests the project when the extracts change, incrementally: the models that
 follow what changed (staging, core, the brief's two marts). `business_marts` then rebuilds the
 business marts, which rank, pair and group the whole history, once `transform` has updated the
-fact. `fresh_marts` rebuilds every minute the tables downstream of the shop's streamed tables
-(raw_store). Cosmos reads the manifest that `make manifest` (`dbt parse`) writes, so parsing a DAG
-file never runs dbt or touches the database.
+fact. `fresh_marts` rebuilds and tests the tables downstream of the shop's streamed tables
+(raw_store) whenever the stream tells Airflow that raw_store changed (the asset `SHOP_MIRROR`).
+Cosmos reads the manifest that `make manifest` (`dbt parse`) writes, so parsing a DAG file never
+runs dbt or touches the database.
 
 The DAGs must not build the same models at the same time. Their dbt tasks run in the Airflow
 pool `dbt_warehouse` (created by `apparel.stack prepare`, i.e. `make up`; `airflow dags test`
@@ -22,11 +23,12 @@ from pathlib import Path
 from airflow.sdk import Asset
 
 from apparel.airflow_env import PARALLELISM
+from apparel.airflow_notify import SHOP_MIRROR_URI
 from apparel.config import load_settings
 from apparel.dbt_runner import DBT_PROJECT_DIR, dbt_env
 from apparel.store import MIRROR_SCHEMA, STORE_TABLES
 
-# The brief's marts, kept fresh every minute by `fresh_marts` too.
+# The brief's marts, kept fresh by `fresh_marts` too, within seconds of the shop's orders.
 FRESH_MARTS = ("dm_revenue_by_months", "dm_perfomance_product_by_cities")
 # The business marts recompute from the whole history: `business_marts` only (tag in dbt_project.yml).
 WHOLE_HISTORY_TAG = "whole_history"
@@ -46,6 +48,8 @@ def marts_assets(marts: tuple[str, ...]) -> list[Asset]:
 
 FRESH_MARTS_ASSETS = marts_assets(FRESH_MARTS)
 BUSINESS_MARTS_ASSETS = marts_assets(BUSINESS_MARTS)
+# The shop mirror: the CDC stream posts its events through the REST API (apparel.airflow_notify).
+SHOP_MIRROR = Asset(name=MIRROR_SCHEMA, uri=SHOP_MIRROR_URI)
 # The fact: `transform` updates it once every model and test passed; `business_marts` follows it.
 FACT_ASSET = Asset(name="core.fct_transactions", uri="postgres://warehouse/core/fct_transactions")
 
@@ -104,10 +108,10 @@ def fresh_marts_configs() -> dict:
 
     The staging views stay in, although replacing a view changes nothing: Cosmos links a model only
     to rendered parents, and without them dim_customers would not wait for base_customers. The
-    business marts are left out: they
-    recompute from the whole history (tag `whole_history`): `business_marts` builds them. Tests are left
-    to the daily `transform`: the fresh path rebuilds, it does not re-check. dbt runs inside the task's own
-    process (dbtRunner), which saves a Python start and dbt's imports per model.
+    business marts are left out: they recompute from the whole history (tag `whole_history`):
+    `business_marts` builds them. Each model's tests run right after it, so nothing the fresh path
+    builds goes untested. dbt runs inside the task's own process (dbtRunner), which saves a Python
+    start and dbt's imports per model.
     """
     from cosmos import ExecutionConfig, RenderConfig
     from cosmos.constants import InvocationMode, LoadMode, TestBehavior
@@ -117,8 +121,13 @@ def fresh_marts_configs() -> dict:
         load_method=LoadMode.DBT_MANIFEST,
         # Everything downstream of each mirrored table (Cosmos names a source `<source>.<table>`).
         select=[f"source:{STREAMED_SOURCE}.{table.name}+" for table in STORE_TABLES],
+        # The business marts' tests that also read the fact are still rendered (Cosmos adds every test
+        # of a rendered model), but Cosmos passes this exclude on to their `dbt test`, and dbt knows
+        # their tag (dbt_project.yml): they run in `business_marts`, here they select nothing.
         exclude=[f"tag:{WHOLE_HISTORY_TAG}", *NOT_RENDERED],
-        test_behavior=TestBehavior.NONE,
+        test_behavior=TestBehavior.AFTER_EACH,
+        # As in `transform`: a test reading two models waits for both (see cosmos_configs).
+        should_detach_multiple_parents_tests=True,
         emit_datasets=False,
     )
     configs["execution_config"] = ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER)

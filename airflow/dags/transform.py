@@ -1,7 +1,8 @@
 """Build the dbt Kimball model (staging, core, the brief's marts) through Cosmos when raw data changes.
 
 Scheduled on the raw layer's asset, which `ingest_dataset` updates once its
-loads are done and at least one raw table changed. Each dbt model is a task
+loads are done and at least one raw table changed, and daily at 02:00 UTC in any
+case (the shop's streamed data and the snapshot move without new extracts). Each dbt model is a task
 group (run, then its tests); the fact and the marts are published as assets
 for dashboards and downstream DAGs (`business_marts` follows the fact).
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from cosmos import DbtTaskGroup
 
 from apparel.ingest import RAW_LAYER
@@ -29,7 +30,9 @@ from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, WHOLE_HISTORY_TAG,
     description="dbt: staging ▸ core (dims, fact) ▸ the brief's marts, incremental, via Cosmos",
     # The raw layer, updated by ingest_dataset once all its loads are done and a table changed
     # (a new orders.csv alone is enough); see apparel.ingest.RAW_LAYER.
-    schedule=[RAW_LAYER],
+    schedule=AssetOrTimeSchedule(
+        assets=[RAW_LAYER], timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC")
+    ),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

@@ -1,5 +1,8 @@
 -- Reconciliation: in the affinity mart, orders_with_a and orders_with_b are each product's
 -- distinct orders in the fact (a product is its product_id across its price versions).
+-- Tagged as the business marts: it runs where dm_product_affinity is built (see dbt_project.yml).
+{{ config(tags=["whole_history"]) }}
+
 with
 
 affinity as (

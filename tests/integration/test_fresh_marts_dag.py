@@ -1,4 +1,5 @@
-"""The `fresh_marts` DAG (every minute, Cosmos) carries an order written into raw_store to the marts."""
+"""The `fresh_marts` DAG (on the shop mirror's asset events, Cosmos) carries an order written into
+raw_store to the marts, and tests what it builds."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import psycopg
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
+from apparel.airflow_notify import SHOP_MIRROR_URI
 from apparel.config import PROJECT_ROOT
 from apparel.dbt_runner import run_dbt
 from apparel.transform import DBT_POOL, DBT_POOL_SLOTS, FRESH_MARTS
@@ -18,20 +20,19 @@ from tests.dbt.conftest import mirror
 pytestmark = pytest.mark.slow
 
 # The models downstream of raw_store: the base models that resolve the shop against the extracts and
-# the staging views on them, the dimensions that read them, the fact, the brief's two marts. No tests,
-# no exposures, and not the business marts, which recompute from the whole history (left to `business_marts`).
-FRESH_MODELS = {
-    "base_customers",
-    "base_orders",
-    "base_order_details",
+# the staging views on them, the dimensions that read them, the fact, the brief's two marts. No
+# exposures, and not the business marts, which recompute from the whole history (left to
+# `business_marts`). The models with tests are task groups (run, then test); the base models have none.
+UNTESTED_MODELS = {"base_customers", "base_orders", "base_order_details"}
+TESTED_MODELS = {
     "stg_customers",
     "stg_orders",
     "stg_order_details",
     "dim_customers",
     "dim_dates",
     "fct_transactions",
-    *FRESH_MARTS,
 }
+FRESH_MODELS = UNTESTED_MODELS | TESTED_MODELS | set(FRESH_MARTS)
 TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+).*?")
 # When the shop's order is placed: pinned, so the test expects the same month and day whenever it runs,
 # and just after midnight in Jakarta on the first of a month (still January in UTC), so it also checks
@@ -44,28 +45,37 @@ def test_fresh_marts_renders_only_the_streamed_tables_in_the_shared_pool() -> No
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "airflow" / "dags"))
     dag = bag.dags["fresh_marts"]
     dbt_tasks = {t.task_id for t in dag.tasks if t.task_id.startswith("dbt.")}
-    assert dbt_tasks == {f"dbt.{m}_run" for m in FRESH_MODELS}
-    assert dag.timetable.expression == "* * * * *"
+    runs = {t for t in dbt_tasks if t.endswith(("_run", ".run"))}
+    assert {t.removeprefix("dbt.").removesuffix("_run").removesuffix(".run") for t in runs} == FRESH_MODELS
+    # Each model with tests is tested right after it runs (the monthly mart's only test reads the fact too:
+    # a task of its own after both).
+    assert {f"dbt.{m}.test" for m in TESTED_MODELS} | {
+        "dbt.dm_perfomance_product_by_cities.test"
+    } <= dbt_tasks
+    assert "dbt.assert_revenue_by_months_equals_fct_test" in dbt_tasks
+    # On the shop mirror's asset (the stream posts its events), or every 15 minutes in case one was lost.
+    assert [a.uri for a in dag.timetable.asset_condition.objects] == [SHOP_MIRROR_URI]
+    assert dag.timetable.timetable.expression == "*/15 * * * *"
     assert dag.max_active_runs == 1 and not dag.catchup
     assert dag.get_task("dbt.base_customers_run").upstream_task_ids == {"transform_has_run"}
     # dim_customers reads stg_customers, and base_customers for the customers deleted since its last run
-    assert dag.get_task("dbt.dim_customers_run").upstream_task_ids == {
-        "dbt.stg_customers_run",
+    assert dag.get_task("dbt.dim_customers.run").upstream_task_ids == {
+        "dbt.stg_customers.test",
         "dbt.base_customers_run",
     }
-    assert dag.get_task("dbt.stg_customers_run").upstream_task_ids == {"dbt.base_customers_run"}
-    assert dag.get_task("dbt.fct_transactions_run").upstream_task_ids == {
+    assert dag.get_task("dbt.stg_customers.run").upstream_task_ids == {"dbt.base_customers_run"}
+    assert dag.get_task("dbt.fct_transactions.run").upstream_task_ids == {
         "dbt.base_customers_run",
         "dbt.base_orders_run",
         "dbt.base_order_details_run",
-        "dbt.stg_orders_run",
-        "dbt.stg_order_details_run",
-        "dbt.dim_customers_run",
+        "dbt.stg_orders.test",
+        "dbt.stg_order_details.test",
+        "dbt.dim_customers.test",
     }
     # the monthly mart also reads the base models: the dates of the lines removed since its last run
     assert dag.get_task("dbt.dm_revenue_by_months_run").upstream_task_ids == {
-        "dbt.fct_transactions_run",
-        "dbt.dim_dates_run",
+        "dbt.fct_transactions.test",
+        "dbt.dim_dates.test",
         "dbt.base_orders_run",
         "dbt.base_order_details_run",
     }
