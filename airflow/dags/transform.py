@@ -1,8 +1,9 @@
 """Build the dbt Kimball model (staging, core, the brief's marts) through Cosmos when raw data changes.
 
 Scheduled on the raw layer's asset, which `ingest_dataset` updates once its
-loads are done and at least one raw table changed, and daily at 02:00 UTC in any
-case (the shop's streamed data and the snapshot move without new extracts). Each dbt model is a task
+loads are done and at least one raw table changed, and daily at 01:00 UTC in any
+case (after the nightly ingest; the shop's streamed data moves without new extracts, and the
+snapshot of the products is taken here). Each dbt model is a task
 group (run, then its tests); the fact and the marts are published as assets
 for dashboards and downstream DAGs (`business_marts` follows the fact).
 
@@ -31,7 +32,7 @@ from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, WHOLE_HISTORY_TAG,
     # The raw layer, updated by ingest_dataset once all its loads are done and a table changed
     # (a new orders.csv alone is enough); see apparel.ingest.RAW_LAYER.
     schedule=AssetOrTimeSchedule(
-        assets=[RAW_LAYER], timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC")
+        assets=[RAW_LAYER], timetable=CronTriggerTimetable("0 1 * * *", timezone="UTC")
     ),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
