@@ -4,7 +4,9 @@
 batch the stream commits, it calls `AssetNotifier.changed()`, which only sets a flag: a background
 thread posts `POST /api/v2/assets/events`, logged in as the stream's own Airflow user (role `op`, the
 least role of Airflow's simple auth manager that may create asset events). So the stream never waits
-for Airflow, and Airflow being down only costs a warning, at most one per `WARN_EVERY_S`.
+for Airflow, and Airflow being down only costs a warning, at most one per `WARN_EVERY_S`; the
+change stays pending and is told once Airflow answers again (tried after a pause that doubles up to
+`MAX_RETRY_PAUSE_S`: Airflow may still be starting, as under `make up`).
 
 Debounced: the first change after a quiet spell is posted at once (a lone order reaches the marts
 soonest), then at most one event per `min_interval` seconds while changes keep coming. Events arriving
@@ -27,6 +29,7 @@ DEFAULT_MIN_INTERVAL_S = 2.0
 # Short: a slow Airflow delays the next event, never the stream (the post runs on its own thread).
 HTTP_TIMEOUT_S = 5.0
 WARN_EVERY_S = 60.0
+MAX_RETRY_PAUSE_S = 60.0
 
 
 class AirflowError(RuntimeError):
@@ -55,6 +58,7 @@ class AssetNotifier:
         self._token: str | None = None
         self._asset_id: int | None = None
         self._last_warning = float("-inf")
+        self._failing = 0  # failed posts in a row
         self._pending = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="airflow-notify", daemon=True)
@@ -83,20 +87,29 @@ class AssetNotifier:
                         return
                     continue
                 self._pending.clear()
-                self._try_post(client)
+                pause = self.min_interval
+                if not self._try_post(client):
+                    # Told later (see the module): pending again, after a growing pause.
+                    self._pending.set()
+                    self._failing += 1
+                    pause = min(self.min_interval * 2**self._failing, MAX_RETRY_PAUSE_S)
+                else:
+                    self._failing = 0
                 # Changes during this pause are told by one event after it; on close, at once.
-                if self._stop.wait(self.min_interval):
+                if self._stop.wait(pause):
                     if self._pending.is_set():
                         self._try_post(client)
                     return
 
-    def _try_post(self, client: httpx.Client) -> None:
+    def _try_post(self, client: httpx.Client) -> bool:
         try:
             self._post(client)
-            self.posted += 1
         except (httpx.HTTPError, AirflowError) as e:
             self.failed += 1
             self._warn(e)
+            return False
+        self.posted += 1
+        return True
 
     def _post(self, client: httpx.Client) -> None:
         if self._token is None:
