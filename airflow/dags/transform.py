@@ -17,8 +17,6 @@ so that a mistake in an incremental run cannot outlive the week.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from cosmos import DbtTaskGroup
 
@@ -34,7 +32,9 @@ from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, WHOLE_HISTORY_TAG,
     schedule=AssetOrTimeSchedule(
         assets=[RAW_LAYER], timetable=CronTriggerTimetable("0 1 * * *", timezone="UTC")
     ),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    # No start date: the first timed run waits for the next 01:00 (CronTriggerTimetable's
+    # run_immediately=False). With one, a new stack ran the 01:00 just past at once, before its first
+    # ingest had created the raw tables, and it failed; the ingest's asset event runs it instead.
     catchup=False,
     max_active_runs=1,
     tags=["dbt", "transform"],
