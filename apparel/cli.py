@@ -174,6 +174,8 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
 
     # A catch-up run (`make run`) builds the marts itself right after: no event for Airflow.
     notifier = None if args.until_caught_up else notifier_from_settings(settings)
+    # httpx logs each request at INFO: a line every few seconds of a busy shop. Failures are ours to log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     with notifier or nullcontext():
         stats = stream.run_stream(
             settings.stream_store_url,
