@@ -221,11 +221,13 @@ def run_rate(st: StackSettings, airflow: Airflow, rate: float, seconds: float, o
     simulator.join()
     watcher.finish(ARRIVAL_TIMEOUT_S)
     load = os.getloadavg()
-    # The runs of this rate: those that started once it began and have ended.
-    runs = [r for r in airflow.runs("fresh_marts", since) if r["end_date"] and r["start_date"]]
+    # The runs of this rate: those that started once it began (the last may still run: its
+    # duration is left out of the mean).
+    runs = [r for r in airflow.runs("fresh_marts", since) if r["start_date"]]
     durations = [
         (datetime.fromisoformat(r["end_date"]) - datetime.fromisoformat(r["start_date"])).total_seconds()
         for r in runs
+        if r["end_date"]
     ]
     return RateResult(
         rate=rate,
