@@ -24,7 +24,7 @@ DBT_DOCS_PORT := $(DBT_DOCS_PORT)
 
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test format down db-up db-status roles store generate bench-ingest bench-transform bench-stream bench-orchestration lock clean airflow-init manifest dbt-build docs
+.PHONY: help venv run test format down db-up db-status roles store generate bench-ingest bench-transform bench-stream bench-orchestration bench-freshness lock clean airflow-init manifest dbt-build docs
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ bench-orchestration: db-up airflow-init manifest ## transform (Cosmos watcher) u
 
 bench-stream: venv ## CDC stream at 100, 1000, 5000 orders/s (BENCH_STREAM_ARGS="--seconds 20"): lag, rows compared
 	$(BIN)/python -m apparel.bench_stream $(BENCH_STREAM_ARGS)
+
+bench-freshness: db-up manifest ## shop order to fct_transactions and dm_revenue_by_months under the stack (make up) at 5 and 100 orders/s (BENCH_FRESHNESS_ARGS="--seconds 60")
+	$(BIN)/python -m apparel.bench_freshness $(BENCH_FRESHNESS_ARGS)
 
 lock: ## re-resolve requirements/main.txt from requirements/main.in
 	$(BIN)/uv pip compile -q --python-version 3.11 requirements/main.in -o requirements/main.txt

@@ -168,15 +168,25 @@ def _stream(args: argparse.Namespace, settings, stream) -> int:
         for line in result.failed:
             console.print(f"  still refused: {line}", markup=False, highlight=False, soft_wrap=True)
         return 1 if result.failed else 0
-    stats = stream.run_stream(
-        settings.stream_store_url,
-        settings.stream_warehouse_url,
-        slot=slot,
-        publication=args.publication or settings.get("STREAM_PUBLICATION", stream.DEFAULT_PUBLICATION),
-        until_caught_up=args.until_caught_up,
-        batch_ms=int(settings.get("STREAM_BATCH_MS", str(stream.DEFAULT_BATCH_MS))),
-        batch_changes=int(settings.get("STREAM_BATCH_CHANGES", str(stream.DEFAULT_BATCH_CHANGES))),
-    )
+    from contextlib import nullcontext
+
+    from apparel.airflow_notify import notifier_from_settings
+
+    # A catch-up run (`make run`) builds the marts itself right after: no event for Airflow.
+    notifier = None if args.until_caught_up else notifier_from_settings(settings)
+    # httpx logs each request at INFO: a line every few seconds of a busy shop. Failures are ours to log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    with notifier or nullcontext():
+        stats = stream.run_stream(
+            settings.stream_store_url,
+            settings.stream_warehouse_url,
+            slot=slot,
+            publication=args.publication or settings.get("STREAM_PUBLICATION", stream.DEFAULT_PUBLICATION),
+            until_caught_up=args.until_caught_up,
+            batch_ms=int(settings.get("STREAM_BATCH_MS", str(stream.DEFAULT_BATCH_MS))),
+            batch_changes=int(settings.get("STREAM_BATCH_CHANGES", str(stream.DEFAULT_BATCH_CHANGES))),
+            notifier=notifier,
+        )
     console.print(
         f"stream: {stats.changes:,} changes in {stats.transactions:,} store transactions, "
         f"{stats.batches:,} batches, {stats.initial_rows:,} rows copied initially, "

@@ -91,6 +91,8 @@ API_WAIT_SECONDS = 180
 # Airflow's own variable names, so Docker Compose hands the same `.env` to the official images as is.
 AIRFLOW_SECRETS: dict[str, Callable[[], str]] = {
     "AIRFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(18),
+    # The stream's Airflow login (role op): it posts the shop mirror's asset events.
+    "STREAM_AIRFLOW_PASSWORD": lambda: secrets.token_urlsafe(18),
     "AIRFLOW__CORE__FERNET_KEY": lambda: _fernet_key(),
     "AIRFLOW__API_AUTH__JWT_SECRET": lambda: secrets.token_urlsafe(32),
     "AIRFLOW__API__SECRET_KEY": lambda: secrets.token_urlsafe(32),
@@ -167,6 +169,12 @@ class StackSettings:
     @property
     def admin_user(self) -> str:
         return self.settings.get("AIRFLOW_ADMIN_USER", "admin")
+
+    @property
+    def stream_user(self) -> str:
+        from apparel.airflow_notify import STREAM_AIRFLOW_USER
+
+        return self.settings.get("STREAM_AIRFLOW_USER", STREAM_AIRFLOW_USER)
 
     @property
     def admin_password(self) -> str:
@@ -275,7 +283,8 @@ def airflow_stack_env(st: StackSettings) -> dict[str, str]:
         "AIRFLOW__CORE__AUTH_MANAGER": (
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
         ),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{st.admin_user}:admin",
+        # The stream's user may post asset events (op: the least role of the simple auth manager that may).
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{st.admin_user}:admin,{st.stream_user}:op",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
         # The warehouse as an Airflow connection, for people's own DAGs and ad hoc queries.
         "AIRFLOW_CONN_WAREHOUSE": settings.warehouse_url.replace("postgresql://", "postgres://", 1),
@@ -300,7 +309,10 @@ def write_airflow_passwords(st: StackSettings, env: dict[str, str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.chmod(0o600)
-    path.write_text(json.dumps({st.admin_user: st.admin_password}) + "\n")
+    users = {st.admin_user: st.admin_password}
+    if password := st.settings.get("STREAM_AIRFLOW_PASSWORD"):
+        users[st.stream_user] = password
+    path.write_text(json.dumps(users) + "\n")
     return path
 
 
@@ -386,7 +398,10 @@ def run_service(name: str) -> None:
         _run_superset(st)
     elif name == "stream":
         # Always on: mirrors the shop's database into raw_store (settings: STORE_URL, STREAM_*).
-        _exec([str(VENV_BIN / "apparel"), "stream"], _service_env(), name)
+        env = _service_env()
+        # It tells this stack's Airflow when raw_store changed (fresh_marts runs on that asset event).
+        env.setdefault("STREAM_AIRFLOW_URL", st.settings.get("STREAM_AIRFLOW_URL") or st.airflow_url)
+        _exec([str(VENV_BIN / "apparel"), "stream"], env, name)
     elif name == "simulator":
         rate = st.settings.get("SIMULATE_RATE", "5")
         argv = [str(VENV_BIN / "apparel"), "simulate", "--rate", rate, "--duration", "0"]

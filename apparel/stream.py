@@ -50,6 +50,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from apparel import pgoutput
+from apparel.airflow_notify import AssetNotifier
 from apparel.mirror_schema import (
     SchemaChanged,
     add_columns,
@@ -814,6 +815,7 @@ class _Stream:
         batch_ms: int,
         batch_changes: int,
         progress_interval: float,
+        notifier: AssetNotifier | None,
     ):
         self.store_url = store_url
         self.warehouse_url = warehouse_url
@@ -824,6 +826,7 @@ class _Stream:
         self.batch_s = batch_ms / 1000
         self.batch_changes = batch_changes
         self.progress_interval = progress_interval
+        self.notifier = notifier
         self.stats = StreamStats()
         self.state_lsn = 0
         self.target_lsn: int | None = None
@@ -984,6 +987,8 @@ class _Stream:
                 self.stats.initial_updated += counts.updated
                 self.stats.initial_unchanged += counts.unchanged
                 self.stats.initial_deleted += counts.deleted
+                if self.notifier and counts.inserted + counts.updated + counts.deleted:
+                    self.notifier.changed()
                 log.info(
                     "initial copy: %s rows at %s in %.2f s (slot %s created): %s",
                     f"{counts.rows:,}",
@@ -1159,6 +1164,9 @@ class _Stream:
         self.stats.transactions += len(batch)
         self.stats.changes += changes
         self.stats.dead_letters += dead
+        if self.notifier and changes:
+            # Only a flag: the post runs on the notifier's thread, never in the apply path.
+            self.notifier.changed()
         self._window_changes += changes
         self._window_lags.extend(lags)
         return True
@@ -1196,9 +1204,11 @@ def run_stream(
     batch_ms: int = DEFAULT_BATCH_MS,
     batch_changes: int = DEFAULT_BATCH_CHANGES,
     progress_interval: float = PROGRESS_INTERVAL_S,
+    notifier: AssetNotifier | None = None,
 ) -> StreamStats:
     """Mirror the store into `raw_store` until stopped (stop_event, SIGTERM, SIGINT) or, with
-    `until_caught_up`, until everything the store held when it started is applied."""
+    `until_caught_up`, until everything the store held when it started is applied. A `notifier`
+    (started) is told after each batch that changed the mirror (apparel.airflow_notify)."""
     own_signals = stop_event is None and threading.current_thread() is threading.main_thread()
     stop_event = stop_event or threading.Event()
     previous = {}
@@ -1221,6 +1231,7 @@ def run_stream(
             batch_ms=batch_ms,
             batch_changes=batch_changes,
             progress_interval=progress_interval,
+            notifier=notifier,
         ).run()
     finally:
         for signum, handler in previous.items():

@@ -3,7 +3,8 @@
 `transform` builds and tests the project when the extracts change, incrementally: the models that
 follow what changed (staging, core, the brief's two marts). `business_marts` then rebuilds the
 business marts, which rank, pair and group the whole history, once `transform` has updated the
-fact. `fresh_marts` rebuilds the tables downstream of the shop's streamed tables (raw_store).
+fact. `fresh_marts` rebuilds and tests the tables downstream of the shop's streamed tables
+(raw_store) whenever the stream tells Airflow that raw_store changed (the asset `SHOP_MIRROR`).
 
 Each runs dbt in Cosmos' watcher execution mode: one `dbt build` per DAG run (the task
 `dbt.dbt_producer_watcher`), so dbt starts once, and per model a task (and one for its tests) that
@@ -29,6 +30,7 @@ from pathlib import Path
 from airflow.sdk import Asset
 
 from apparel.airflow_env import PARALLELISM
+from apparel.airflow_notify import SHOP_MIRROR_URI
 from apparel.config import load_settings
 from apparel.dbt_runner import (
     DBT_PROJECT_DIR,
@@ -39,7 +41,7 @@ from apparel.dbt_runner import (
     dbt_ls_path,
 )
 
-# The brief's marts, kept fresh by `fresh_marts` too.
+# The brief's marts, kept fresh by `fresh_marts` too, within seconds of the shop's orders.
 FRESH_MARTS = ("dm_revenue_by_months", "dm_perfomance_product_by_cities")
 # The business marts recompute from the whole history: `business_marts` only (tag in dbt_project.yml).
 BUSINESS_MARTS = ("dm_customer_segments", "dm_cohort_retention", "dm_product_affinity", "dm_market_reach")
@@ -55,6 +57,8 @@ def marts_assets(marts: tuple[str, ...]) -> list[Asset]:
 
 FRESH_MARTS_ASSETS = marts_assets(FRESH_MARTS)
 BUSINESS_MARTS_ASSETS = marts_assets(BUSINESS_MARTS)
+# The shop mirror: the CDC stream posts its events through the REST API (apparel.airflow_notify).
+SHOP_MIRROR = Asset(name=STREAMED_SOURCE, uri=SHOP_MIRROR_URI)
 # The fact: `transform` updates it once every model and test passed; `business_marts` follows it.
 FACT_ASSET = Asset(name="core.fct_transactions", uri="postgres://warehouse/core/fct_transactions")
 

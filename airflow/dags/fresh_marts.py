@@ -1,23 +1,27 @@
-"""Keep the fact and the marts fresh with the shop's streamed orders: every minute, through Cosmos.
+"""Keep the fact and the marts fresh with the shop's streamed orders: on the stream's word, through Cosmos.
 
-The CDC stream (`apparel stream`) mirrors the shop's tables into raw_store within a second; this
-DAG rebuilds only the tables downstream of them (the dimensions that read them, and incrementally
-`fct_transactions` and the brief's two marts; the business marts, which recompute from the whole
-history, are left to `business_marts`), so an order placed in the shop reaches the marts within
-two minutes. One `dbt build` (Cosmos' watcher mode) builds and tests them, so nothing it builds goes
-untested; this DAG also checks the stream's freshness. It and `transform` share a pool so they never
-build the same models at once (see apparel.transform).
+The CDC stream (`apparel stream`) mirrors the shop's tables into raw_store within a second, then
+posts an asset event on raw_store to Airflow's REST API (debounced: apparel.airflow_notify). This DAG
+runs on that event and rebuilds only the tables downstream of the mirror (the dimensions that read
+it, and incrementally `fct_transactions` and the brief's two marts; the business marts, which
+recompute from the whole history, are left to `business_marts`). One `dbt build` (Cosmos' watcher
+mode) builds and tests them, so nothing it builds goes untested. One run at a time: events that
+arrive during a run are queued by Airflow into one next run. A slow clock (every 15 minutes) catches
+what a lost event would miss (Airflow down while the stream posted). This DAG also checks the
+stream's freshness. It and `transform` share a pool so they never build the same models at once
+(see apparel.transform).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from cosmos import DbtTaskGroup
 
 from apparel.transform import (
     FRESH_MARTS_ASSETS,
+    SHOP_MIRROR,
     cosmos_configs,
     model_built,
     report_after_the_build,
@@ -27,12 +31,14 @@ from apparel.transform import (
 
 @dag(
     dag_id="fresh_marts",
-    description="dbt: the fact and marts downstream of raw_store (the shop's stream), every minute",
-    schedule="* * * * *",
+    description="dbt: the fact and marts downstream of raw_store (the shop's stream), on its changes",
+    schedule=AssetOrTimeSchedule(
+        assets=[SHOP_MIRROR], timetable=CronTriggerTimetable("*/15 * * * *", timezone="UTC")
+    ),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    # A run stuck behind the daily transform must not pile up behind it: the next one rebuilds anyway.
+    # A run stuck behind the daily transform is ended: the next one rebuilds what it would have.
     dagrun_timeout=timedelta(minutes=15),
     tags=["dbt", "transform", "realtime"],
     doc_md=__doc__,

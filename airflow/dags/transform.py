@@ -1,7 +1,9 @@
 """Build the dbt Kimball model (staging, core, the brief's marts) through Cosmos when raw data changes.
 
 Scheduled on the raw layer's asset, which `ingest_dataset` updates once its
-loads are done and at least one raw table changed. One `dbt build` (Cosmos'
+loads are done and at least one raw table changed, and daily at 01:00 UTC in any
+case (after the nightly ingest; the shop's streamed data moves without new extracts, and the
+snapshot of the products is taken here). One `dbt build` (Cosmos'
 watcher mode, see apparel.transform) does the work; each dbt model is a task
 group (run, then its tests) that reports its own result. The fact and the
 marts are published as assets for dashboards and downstream DAGs
@@ -17,9 +19,7 @@ so that a mistake in an incremental run cannot outlive the week.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from cosmos import DbtTaskGroup
 
 from apparel.ingest import RAW_LAYER
@@ -31,8 +31,12 @@ from apparel.transform import FACT_ASSET, FRESH_MARTS_ASSETS, cosmos_configs, re
     description="dbt: staging ▸ core (dims, fact) ▸ the brief's marts, incremental, via Cosmos",
     # The raw layer, updated by ingest_dataset once all its loads are done and a table changed
     # (a new orders.csv alone is enough); see apparel.ingest.RAW_LAYER.
-    schedule=[RAW_LAYER],
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    schedule=AssetOrTimeSchedule(
+        assets=[RAW_LAYER], timetable=CronTriggerTimetable("0 1 * * *", timezone="UTC")
+    ),
+    # No start date: the first timed run waits for the next 01:00 (CronTriggerTimetable's
+    # run_immediately=False). With one, a new stack ran the 01:00 just past at once, before its first
+    # ingest had created the raw tables, and it failed; the ingest's asset event runs it instead.
     catchup=False,
     max_active_runs=1,
     tags=["dbt", "transform"],

@@ -102,8 +102,10 @@ def test_transform_dag_renders_a_task_group_per_model_with_tests() -> None:
     # The seed the market map joins on loads before the mart; exposures are docs, not tasks.
     assert dag.get_task("dbt.province_iso_codes.seed").downstream_task_ids == {"dbt.province_iso_codes.test"}
     assert not [t for t in task_ids | business_ids if "dashboard" in t]
-    # One run per ingest, after all of its loads: scheduled on the raw layer, not on each table.
+    # One run per ingest, after all of its loads: scheduled on the raw layer, not on each table; and daily
+    # (after the nightly ingest) in any case.
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["raw"]
+    assert dag.timetable.timetable.expression == "0 1 * * *"
     # The safety net: a full_refresh param, which the weekly DAG sets; the build (and a retried
     # model's own dbt run) gets --full-refresh from it.
     assert dag.params["full_refresh"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -41,8 +42,13 @@ def test_ensure_secrets_writes_only_what_is_missing(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "from-the-environment")
     monkeypatch.delenv("AIRFLOW__CORE__FERNET_KEY", raising=False)
     monkeypatch.delenv("AIRFLOW__API__SECRET_KEY", raising=False)
+    monkeypatch.delenv("STREAM_AIRFLOW_PASSWORD", raising=False)
     written = stack.ensure_secrets(stack.AIRFLOW_SECRETS, env_file=env_file, example=tmp_path / "none")
-    assert sorted(written) == ["AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"]
+    assert sorted(written) == [
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "STREAM_AIRFLOW_PASSWORD",
+    ]
     text = env_file.read_text()
     assert "AIRFLOW_ADMIN_PASSWORD=kept\n" in text
     assert "JWT_SECRET" not in text  # the environment has it: nothing written
@@ -108,6 +114,14 @@ def test_passwords_file_from_env(tmp_path: Path) -> None:
     )
     assert path.read_text().strip() == '{"ops": "s3cret"}'
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # The stream's own login (it posts the shop mirror's asset events), with the least role that may.
+    st = _settings(tmp_path, AIRFLOW_ADMIN_PASSWORD="s3cret", STREAM_AIRFLOW_PASSWORD="str3am")
+    env = stack.airflow_stack_env(st)
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin,apparel_stream:op"
+    assert json.loads(stack.write_airflow_passwords(st, env).read_text()) == {
+        "admin": "s3cret",
+        "apparel_stream": "str3am",
+    }
     with pytest.raises(RuntimeError, match="AIRFLOW_ADMIN_PASSWORD"):
         stack.write_airflow_passwords(_settings(tmp_path), {})
 

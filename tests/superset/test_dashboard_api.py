@@ -81,8 +81,21 @@ def assert_every_chart_returns_rows(chart_data: dict[str, list[dict[str, Any]]])
 
 
 def test_every_chart_returns_rows(chart_data: dict[str, list[dict[str, Any]]]) -> None:
-    assert len(chart_data) == 11
+    assert len(chart_data) == 12
     assert_every_chart_returns_rows(chart_data)
+
+
+# When dbt last wrote the two marts, WIB, in ms as Superset's big number formats it as a timestamp.
+MARTS_BUILT_MS = (
+    "select extract(epoch from max(loaded_at) at time zone 'Asia/Jakarta') * 1000 from ("
+    " select loaded_at from marts.dm_revenue_by_months"
+    " union all select loaded_at from marts.dm_perfomance_product_by_cities) as marts"
+)
+
+
+def test_data_as_of_is_when_dbt_last_wrote_the_marts(superset: RunningSuperset, chart_data: dict) -> None:
+    built_ms = scalar(superset.warehouse_url, MARTS_BUILT_MS)
+    assert rows(chart_data, "data_as_of") == [{"data_as_of": pytest.approx(float(built_ms))}]
 
 
 def test_kpis_equal_the_marts(superset: RunningSuperset, chart_data: dict) -> None:
@@ -209,7 +222,7 @@ def test_import_again_overwrites_ui_changes_and_duplicates_nothing(
 
     before = counts()
     files = {kind: sum(1 for _ in (ASSETS_DIR / f"{kind}s").rglob("*.yaml")) for kind in before}
-    assert before == files == {"dashboard": 3, "chart": 25, "dataset": 11, "database": 1}
+    assert before == files == {"dashboard": 3, "chart": 27, "dataset": 12, "database": 1}
     # A chart changed in the UI (here through the same REST API the UI uses) ...
     name = yaml.safe_load((ASSETS_DIR / "charts" / "top_cities.yaml").read_text())["slice_name"]
     chart = client.find("chart", "slice_name", name)
@@ -322,8 +335,21 @@ def live_data(superset: RunningSuperset, live_store: LiveStore) -> dict[str, lis
 
 
 def test_live_every_chart_returns_rows(live_data: dict[str, list[dict[str, Any]]]) -> None:
-    assert len(live_data) == 8
+    assert len(live_data) == 9
     assert_every_chart_returns_rows(live_data)
+
+
+def test_shop_to_marts_is_the_age_of_the_oldest_line_the_marts_lack(
+    superset: RunningSuperset, live_store: LiveStore, live_data: dict
+) -> None:
+    # The marts were built before the stream copied the shop in: they lack its lines, the oldest first.
+    oldest_age = scalar(
+        superset.warehouse_url,
+        "select extract(epoch from now() - min(_store_committed_at)) from raw_store.shop_orderline"
+        " where _synced_at > (select max(loaded_at) from marts.dm_revenue_by_months)",
+    )
+    lag = rows(live_data, "live_kpi_marts_lag")[0]["marts_lag"]
+    assert 0 < lag == pytest.approx(float(oldest_age), abs=30)
 
 
 def test_live_orders_and_revenue_equal_raw_store(
