@@ -4,8 +4,8 @@ Segments, cohorts, product affinity and market reach rank, pair and group every 
 and city of the whole history, so each build recomputes them from the whole fact (tens of seconds
 at scale 100). They follow the fact's asset, which `transform` updates after each ingest, in a DAG
 of their own: the incremental `transform` (and the brief's marts) does not wait for them, and
-`fresh_marts`, on the shop's changes, leaves them out. One `dbt build` (Cosmos' watcher mode) does the work; each model
-is a task group (run, then its tests) that reports its own result.
+`fresh_marts`, on the shop's changes, leaves them out. One `dbt build` (Cosmos' watcher mode) does
+the work; each model is a task group (run, then its tests) that reports its own result.
 """
 
 from __future__ import annotations
