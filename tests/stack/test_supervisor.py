@@ -44,6 +44,8 @@ def test_a_service_killed_with_sigkill_comes_back_and_the_other_keeps_running(
         "STREAM_SLOT": env.slot,
         "STREAM_PUBLICATION": env.slot,
         "SIMULATE_RATE": "20",
+        # No Airflow in this stack: the stream has no one to tell about its changes.
+        "STREAM_NOTIFY_AIRFLOW": "0",
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)

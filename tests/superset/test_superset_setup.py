@@ -64,7 +64,7 @@ def test_bundle_points_the_connection_at_the_configured_warehouse() -> None:
         database = yaml.safe_load(bundle.read(db_file))
     assert database["sqlalchemy_uri"] == "postgresql+psycopg2://reader@db.internal:6543/dwh"
     assert "pw" not in database["sqlalchemy_uri"]
-    assert sum("/charts/" in n for n in names) == sum(1 for _ in (ASSETS_DIR / "charts").glob("*.yaml")) == 25
+    assert sum("/charts/" in n for n in names) == sum(1 for _ in (ASSETS_DIR / "charts").glob("*.yaml")) == 27
 
 
 def _placed(dashboard: dict) -> dict[int, str]:
