@@ -137,7 +137,9 @@ def _open_excel(source: Source, path: Path, data: bytes) -> Extract:
         sheet = workbook.get_sheet_by_name(name)
         # Row by row, so Python never holds the whole sheet as objects (calamine keeps the cells).
         rows = sheet.iter_rows()
-        header = next(rows, None)
+        # calamine yields the empty rows above the used range too (trimmed to its columns): the
+        # header is the first row with a value in it.
+        header = next((row for row in rows if any(cell != "" for cell in row)), None)
     except Exception as e:  # calamine raises several unrelated types for a broken zip or XML
         raise SourceError(path.name, f"not a readable Excel workbook ({type(e).__name__}: {e})") from None
     if not header:
